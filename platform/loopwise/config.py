@@ -1,0 +1,142 @@
+"""Configuration profiles: YAML per profile plus environment overrides, validated up front.
+
+`LOOPWISE_PROFILE` picks the profile (dev, test, prod; default dev), `LOOPWISE_CONFIG` may
+point at a YAML file of one's own, `LOOPWISE_DATA_DIR` sets the one data root, and any key can
+be overridden as `LOOPWISE__SECTION__KEY=value` (the value is read as YAML). A bad value is
+reported with its key and where it came from before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES = ("dev", "test", "prod")
+ENV_PREFIX = "LOOPWISE__"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Section):
+    remote: str | None = Field(
+        None, description="Spark Connect URL (sc://host:15002); empty starts the embedded Sail server"
+    )
+
+
+class LakeSettings(_Section):
+    uri: str | None = Field(None, description="root of the Delta tables; default <data_dir>/lake")
+    storage_options: dict[str, str] = Field(default_factory=dict, description="delta-rs object store options")
+
+
+class ValidationSettings(_Section):
+    max_bad_row_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="a partition with a larger share of bad rows fails its blocking check"
+    )
+
+
+class PartitionSettings(_Section):
+    start_date: date = Field(date(2026, 1, 1), description="first daily partition")
+
+
+class DemoSettings(_Section):
+    dates: list[date] = Field(default_factory=lambda: [date(2026, 3, 2), date(2026, 3, 3)])
+    tickets_per_day: int = Field(2000, gt=0)
+    seed: int = 7
+    bad_row_fraction: float = Field(0.01, ge=0.0, le=0.5)
+
+
+class Settings(_Section):
+    """The validated configuration of one profile."""
+
+    profile: str
+    data_dir: Path = Path(".loopwise")
+    spark: SparkSettings = SparkSettings()
+    lake: LakeSettings = LakeSettings()
+    validation: ValidationSettings = ValidationSettings()
+    partitions: PartitionSettings = PartitionSettings()
+    demo: DemoSettings = DemoSettings()
+
+    @cached_property
+    def paths(self) -> DataPaths:
+        return DataPaths(self.data_dir.resolve())
+
+    @property
+    def lake_uri(self) -> str:
+        return self.lake.uri or str(self.paths.lake)
+
+
+class DataPaths:
+    """Every place under the data root the platform writes to."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.landing = root / "landing"
+        self.lake = root / "lake"
+        self.dagster_home = root / "dagster"
+        self.feast = root / "feast"
+        self.mlflow = root / "mlflow"
+        self.events = root / "events"
+
+    def landing_file(self, source: str, day: date, fmt: str = "csv") -> Path:
+        return self.landing / source / f"{day.isoformat()}.{fmt}"
+
+
+def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
+    node = tree
+    for part in dotted[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot override {'.'.join(dotted)}: {part} is not a section")
+    node[dotted[-1]] = value
+
+
+def load_settings(profile: str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load and validate a profile with its environment overrides."""
+    env = dict(os.environ if environ is None else environ)
+    profile = profile or env.get("LOOPWISE_PROFILE") or "dev"
+    config_file = Path(env["LOOPWISE_CONFIG"]) if env.get("LOOPWISE_CONFIG") else PROFILES_DIR / f"{profile}.yaml"
+    if not config_file.exists():
+        known = ", ".join(PROFILES)
+        raise ConfigError(f"profile {profile!r} has no file {config_file} (known profiles: {known}; or set LOOPWISE_CONFIG)")
+    try:
+        raw = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: expected a mapping at the top level")
+    raw["profile"] = profile
+
+    origin: dict[str, str] = {}
+    if env.get("LOOPWISE_DATA_DIR"):
+        raw["data_dir"] = env["LOOPWISE_DATA_DIR"]
+        origin["data_dir"] = "environment variable LOOPWISE_DATA_DIR"
+    if env.get("SPARK_REMOTE"):
+        _set_path(raw, ["spark", "remote"], env["SPARK_REMOTE"])
+        origin["spark.remote"] = "environment variable SPARK_REMOTE"
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX):].lower().split("__")
+            _set_path(raw, dotted, yaml.safe_load(value) if value else None)
+            origin[".".join(dotted)] = f"environment variable {name}"
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            where = origin.get(key, str(config_file))
+            problems.append(f"  {key}: {err['msg']} (got {err.get('input')!r}; from {where})")
+        raise ConfigError(f"invalid configuration for profile {profile!r}:\n" + "\n".join(problems)) from None

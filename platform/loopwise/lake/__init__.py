@@ -1,0 +1,1 @@
+"""The lake: Delta tables, their versions, history and schema guard."""

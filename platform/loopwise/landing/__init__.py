@@ -1,0 +1,1 @@
+"""The landing zone: synthetic daily feeds, malformed rows, and reading files as landed."""

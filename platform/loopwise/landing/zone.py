@@ -1,0 +1,145 @@
+"""Writing and reading landing files: one file per source per day, CSV or Parquet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loopwise.contracts import SOURCES, SourceContract
+from loopwise.landing import malformed
+from loopwise.landing.synthetic import DriftSpec, generate_day
+
+FORMATS = ("csv", "parquet")
+LINE_COLUMNS = ("_line", "_landed_row", "_field_count", "_extra_columns")
+
+
+class LandingFileMissing(FileNotFoundError):
+    """No landing file for a source and day; the message says how to create it."""
+
+
+@dataclass
+class LandedFile:
+    """One file written to the landing zone and the malformed lines it holds."""
+
+    source: str
+    path: Path
+    rows: int
+    bad_lines: dict[int, str] = field(default_factory=dict)
+
+
+def landing_path(root: Path, source: str, day: date, fmt: str) -> Path:
+    return root / source / f"{day.isoformat()}.{fmt}"
+
+
+def find_landing_file(root: Path, source: str, day: date) -> Path:
+    """The day's landing file of a source in either format, or a clear error."""
+    for fmt in FORMATS:
+        path = landing_path(root, source, day, fmt)
+        if path.exists():
+            return path
+    raise LandingFileMissing(
+        f"landing file missing: {landing_path(root, source, day, 'csv')} (or .parquet) "
+        f"(create it with: loopwise land --date {day.isoformat()})"
+    )
+
+
+def _csv_line(fields: list[str | None]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(["" if f is None else f for f in fields])
+    line = buf.getvalue().encode("utf-8")
+    return line.replace(b"\x00LATIN1\x00", malformed.LATIN1_BODY.encode("cp1252"))
+
+
+def write_landing_file(root: Path, contract: SourceContract, day: date, records: list[malformed.Record],
+                       fmt: str) -> Path:
+    """Write records atomically (temp file, then rename) so a reader never sees half a file."""
+    path = landing_path(root, contract.name, day, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for other in FORMATS:  # one file per source per day
+        landing_path(root, contract.name, day, other).unlink(missing_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    if fmt == "csv":
+        lines = [_csv_line(contract.column_names)] + [r.raw or _csv_line(r.fields) for r in records]
+        tmp.write_bytes(b"\n".join(lines) + b"\n")
+    else:
+        columns = {name: [r.fields[i] if i < len(r.fields) else None for r in records]
+                   for i, name in enumerate(contract.column_names)}
+        pq.write_table(pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()}), tmp)
+    tmp.replace(path)
+    return path
+
+
+def land_day(root: Path, day: date, tickets_per_day: int = 2000, seed: int = 7, drift: str | None = None,
+             bad_row_fraction: float = 0.0, fmt: str = "csv") -> list[LandedFile]:
+    """Generate and land one day's files for every source."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown landing format {fmt!r}; use one of {FORMATS}")
+    if not 0.0 <= bad_row_fraction <= 0.5:
+        raise ValueError(f"--bad-rows must be between 0 and 0.5, got {bad_row_fraction}")
+    feed = generate_day(day, tickets_per_day, seed, DriftSpec.parse(drift))
+    landed = []
+    for name, frame in feed.frames.items():
+        contract = SOURCES[name]
+        records, bad = malformed.inject(frame, contract, bad_row_fraction, seed + day.toordinal(), fmt)
+        path = write_landing_file(root, contract, day, records, fmt)
+        landed.append(LandedFile(name, path, len(records), bad))
+    return landed
+
+
+@dataclass
+class LandedTable:
+    """A landing file read as strings, with each record's line and the schema it arrived with."""
+
+    table: pa.Table
+    missing_columns: list[str]
+    extra_columns: list[str]
+
+
+def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
+    """Read a landing file as landed: every value a string, nothing dropped.
+
+    One physical line is one record, so a truncated or badly quoted line damages only itself.
+    Bytes that are not UTF-8 are decoded with replacement characters, which validation flags.
+    Columns outside the contract are kept as JSON in `_extra_columns` and reported.
+    """
+    if path.suffix == ".parquet":
+        source = pq.read_table(path)
+        header = source.column_names
+        rows = [[None if v is None else str(v) for v in row.values()] for row in source.to_pylist()]
+        landed = [json.dumps(dict(zip(header, r)), ensure_ascii=False) for r in rows]
+        counts = [len(header)] * len(rows)
+    else:
+        lines = path.read_bytes().split(b"\n")
+        header = next(csv.reader([lines[0].decode("utf-8", errors="replace").rstrip("\r")]))
+        rows, landed, counts = [], [], []
+        for raw in lines[1:]:
+            if not raw.strip():
+                continue
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+            fields = next(csv.reader([text]), [])
+            landed.append(text)
+            counts.append(len(fields))
+            rows.append([f if f != "" else None for f in fields])
+    index = {name: i for i, name in enumerate(header)}
+    columns: dict[str, list[str | None]] = {}
+    for name in contract.column_names:
+        i = index.get(name)
+        columns[name] = [r[i] if i is not None and i < len(r) else None for r in rows]
+    extra = [h for h in header if h not in contract.column_names]
+    extras = [json.dumps({h: r[index[h]] for h in extra if index[h] < len(r)}, ensure_ascii=False) if extra else None
+              for r in rows]
+    table = pa.table({
+        **{k: pa.array(v, pa.string()) for k, v in columns.items()},
+        "_line": pa.array(range(1, len(rows) + 1), pa.int64()),
+        "_landed_row": pa.array(landed, pa.string()),
+        "_field_count": pa.array(counts, pa.int32()),
+        "_extra_columns": pa.array(extras, pa.string()),
+    })
+    return LandedTable(table, [c for c in contract.column_names if c not in index], extra)

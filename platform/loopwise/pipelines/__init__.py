@@ -1,0 +1,1 @@
+"""The data layer's stages: landing file -> raw -> bronze (+ quarantine) -> silver."""
