@@ -1,0 +1,15 @@
+"""The daily data-layer job: landing files to silver tables, one day (or a backfill) per run."""
+
+import dagster as dg
+
+from assets.partitions import DAILY
+
+data_layer_job = dg.define_asset_job(
+    "data_layer",
+    selection=dg.AssetSelection.groups("raw", "bronze", "silver"),
+    partitions_def=DAILY,
+    description="Ingest each source's landing file, validate it into bronze (quarantining bad rows), conform to silver.",
+)
+
+# Off by default: the landing zone is filled by `loopwise land` in the embedded profile.
+data_layer_schedule = dg.build_schedule_from_partitioned_job(data_layer_job, hour_of_day=2)

@@ -1,0 +1,1 @@
+"""Sensors: freshness, drift and canary analysis (arrive with the issues that need them)."""
