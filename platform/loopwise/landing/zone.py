@@ -17,7 +17,7 @@ from loopwise.landing import malformed
 from loopwise.landing.synthetic import DriftSpec, generate_day
 
 FORMATS = ("csv", "parquet")
-LINE_COLUMNS = ("_line", "_landed_row", "_field_count", "_extra_columns")
+LINE_COLUMNS = ("_line", "_landed_row", "_field_shortfall", "_extra_columns")
 
 
 class LandingFileMissing(FileNotFoundError):
@@ -139,7 +139,8 @@ def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
         **{k: pa.array(v, pa.string()) for k, v in columns.items()},
         "_line": pa.array(range(1, len(rows) + 1), pa.int64()),
         "_landed_row": pa.array(landed, pa.string()),
-        "_field_count": pa.array(counts, pa.int32()),
+        # Fields the record lacks against its own header: a truncated line has a shortfall.
+        "_field_shortfall": pa.array([len(header) - c for c in counts], pa.int32()),
         "_extra_columns": pa.array(extras, pa.string()),
     })
     return LandedTable(table, [c for c in contract.column_names if c not in index], extra)

@@ -1,0 +1,37 @@
+# The two commands of the README, and a few more. Each creates and reuses .venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test dev bench lint clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## demo: set up and run the main job on the embedded default (no server to start)
+demo: $(STAMP)
+	$(BIN)/loopwise demo
+
+## test: set up and run the test suite (see README for the services it uses)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## dev: the Dagster UI on http://127.0.0.1:3000 over the same data root as the demo
+dev: $(STAMP)
+	DAGSTER_HOME=$${DAGSTER_HOME:-$$(pwd)/.loopwise/dagster} && mkdir -p $$DAGSTER_HOME && \
+	  export DAGSTER_HOME && $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## bench: the data-layer benchmark, Sail against Apache Spark Connect (appends to benchmarks/RESULTS.md)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/data_layer.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform assets resources jobs sensors definitions.py tests benchmarks
+
+clean:
+	rm -rf .loopwise .loopwise-test test-artifacts

@@ -1,0 +1,56 @@
+"""Profiles: YAML plus environment overrides, validated before any work starts."""
+
+from pathlib import Path
+
+import pytest
+
+from loopwise.config import ConfigError, load_settings
+
+
+def test_dev_is_the_default_and_everything_lives_under_the_data_root(tmp_path: Path) -> None:
+    settings = load_settings(environ={"LOOPWISE_DATA_DIR": str(tmp_path / "root")})
+    assert settings.profile == "dev"
+    assert settings.spark.remote is None
+    for path in (settings.paths.landing, settings.paths.lake, settings.paths.dagster_home,
+                 settings.paths.feast, settings.paths.mlflow, settings.paths.events):
+        assert path.is_relative_to(tmp_path / "root")
+    assert settings.lake_uri == str(tmp_path / "root" / "lake")
+
+
+def test_environment_overrides_any_key() -> None:
+    settings = load_settings("prod", environ={
+        "SPARK_REMOTE": "sc://spark.example:15002",
+        "LOOPWISE__VALIDATION__MAX_BAD_ROW_FRACTION": "0.2",
+        "LOOPWISE__LAKE__URI": "s3://bucket/lake",
+    })
+    assert settings.spark.remote == "sc://spark.example:15002"
+    assert settings.validation.max_bad_row_fraction == 0.2
+    assert settings.lake_uri == "s3://bucket/lake"
+
+
+def test_a_bad_value_names_its_key_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text("validation:\n  max_bad_row_fraction: 1.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={"LOOPWISE_CONFIG": str(config)})
+    assert "validation.max_bad_row_fraction" in str(err.value)
+    assert str(config) in str(err.value)
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={"LOOPWISE__DEMO__TICKETS_PER_DAY": "-3"})
+    assert "demo.tickets_per_day" in str(err.value)
+    assert "LOOPWISE__DEMO__TICKETS_PER_DAY" in str(err.value)
+
+
+def test_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("sprak:\n  remote: sc://x\n")
+    with pytest.raises(ConfigError, match="sprak"):
+        load_settings(environ={"LOOPWISE_CONFIG": str(config)})
+
+
+def test_an_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="dev, test, prod"):
+        load_settings("staging", environ={})

@@ -1,0 +1,143 @@
+"""The data-layer assets materialized in a temporary Dagster instance on the embedded engine."""
+
+from datetime import date
+
+import dagster as dg
+import pytest
+
+from assets import DATA_LAYER_ASSETS
+from loopwise.config import Settings
+from loopwise.contracts import SOURCES
+from loopwise.lake.tables import DateRange, Lake
+from loopwise.landing import zone
+from loopwise.pipelines import stages
+from resources import LakeResource, SparkResource
+from tests.conftest import DAY1, DAY2
+
+
+def resources(settings: Settings, threshold: float | None = None) -> dict[str, object]:
+    return {
+        "spark": SparkResource(remote=None),
+        "lake": LakeResource(uri=settings.lake_uri, landing_dir=str(settings.paths.landing),
+                             max_bad_row_fraction=threshold if threshold is not None
+                             else settings.validation.max_bad_row_fraction),
+    }
+
+
+def materialize(settings: Settings, instance: dg.DagsterInstance, start: date, end: date | None = None,
+                threshold: float | None = None) -> dg.ExecuteInProcessResult:
+    tags = {} if end is None else {"dagster/asset_partition_range_start": start.isoformat(),
+                                   "dagster/asset_partition_range_end": end.isoformat()}
+    return dg.materialize(DATA_LAYER_ASSETS, instance=instance, resources=resources(settings, threshold),
+                          partition_key=None if end else start.isoformat(), tags=tags, raise_on_error=False)
+
+
+def counts(lake: Lake, window: DateRange) -> dict[str, int]:
+    return {t.name: t.count(window) for s in SOURCES for t in
+            (stages.raw_table(lake, s), stages.bronze_table(lake, s), stages.silver_table(lake, s))}
+
+
+def test_two_partitions_then_one_again_is_idempotent(settings: Settings, lake: Lake) -> None:
+    for day in (DAY1, DAY2):
+        zone.land_day(settings.paths.landing, day, 150, seed=3)
+    with dg.instance_for_test() as instance:
+        assert materialize(settings, instance, DAY1).success
+        assert materialize(settings, instance, DAY2).success
+        both = DateRange(DAY1, DAY2)
+        before = counts(lake, both)
+        versions = {t: stages.silver_table(lake, s).current_version() for s in SOURCES for t in [s]}
+        assert materialize(settings, instance, DAY1).success
+        assert counts(lake, both) == before
+        assert all(before[f"silver_{s}"] > 0 for s in SOURCES)
+        # The re-run committed a new version that replaced exactly that partition.
+        assert all(stages.silver_table(lake, s).current_version() == versions[s] + 1 for s in SOURCES)
+        day2_only = counts(lake, DateRange.of(DAY2))
+        assert all(v > 0 for v in day2_only.values())
+
+
+def test_a_backfill_range_runs_as_one_run(settings: Settings, lake: Lake) -> None:
+    for day in (DAY1, DAY2):
+        zone.land_day(settings.paths.landing, day, 100, seed=4)
+    with dg.instance_for_test() as instance:
+        result = materialize(settings, instance, DAY1, DAY2)
+        assert result.success
+        assert len(instance.get_runs()) == 1
+        assert stages.silver_table(lake, "orders").current_version() == 0  # one commit for both days
+        assert stages.silver_table(lake, "orders").count(DateRange.of(DAY1)) > 0
+        assert stages.silver_table(lake, "orders").count(DateRange.of(DAY2)) > 0
+
+
+def test_quarantine_holds_exactly_the_bad_rows_and_silver_none(settings: Settings, lake: Lake) -> None:
+    landed = zone.land_day(settings.paths.landing, DAY1, 200, seed=5, bad_row_fraction=0.03)
+    with dg.instance_for_test() as instance:
+        result = materialize(settings, instance, DAY1)
+        assert result.success
+        quarantine = stages.quarantine_table(lake).read().to_pylist()
+        for f in landed:
+            held = {r["line"] for r in quarantine if r["source"] == f.source}
+            assert held == set(f.bad_lines), f.source
+            silver_lines = stages.bronze_table(lake, f.source).read().column("_line").to_pylist()
+            assert not set(silver_lines) & set(f.bad_lines)
+            assert stages.silver_table(lake, f.source).count() == f.rows - len(f.bad_lines)
+        checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
+        evaluation = checks["bronze_orders"]
+        assert evaluation.passed
+        assert evaluation.metadata["rows_quarantined"].value == len(next(f for f in landed if f.source == "orders").bad_lines)
+        # A clean re-landing of the day clears its quarantine: the partition is replaced, not appended.
+        zone.land_day(settings.paths.landing, DAY1, 200, seed=5, bad_row_fraction=0.0)
+        assert materialize(settings, instance, DAY1).success
+        assert stages.quarantine_counts(lake) == {}
+
+
+def test_above_the_threshold_the_blocking_check_stops_downstream(settings: Settings, lake: Lake) -> None:
+    zone.land_day(settings.paths.landing, DAY1, 150, seed=6, bad_row_fraction=0.2)
+    with dg.instance_for_test() as instance:
+        result = materialize(settings, instance, DAY1, threshold=0.05)
+        assert not result.success
+        evaluation = next(e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("bronze_orders"))
+        assert not evaluation.passed
+        assert evaluation.metadata["bad_row_fraction"].value > 0.05
+        assert "failed_expectations" in evaluation.metadata
+        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert {"bronze_orders", "bronze_tickets"} <= materialized
+        assert not {a for a in materialized if a.startswith("silver_")}
+        assert not stages.silver_table(lake, "orders").exists()
+
+
+def test_a_missing_landing_file_fails_with_the_path_and_the_command(settings: Settings) -> None:
+    with dg.instance_for_test() as instance:
+        result = materialize(settings, instance, DAY1)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = str(failure.event_specific_data.error)
+        assert "landing file missing" in message and "loopwise land --date 2026-03-02" in message
+
+
+def test_a_landed_schema_change_is_reported_and_nothing_dropped(settings: Settings, lake: Lake) -> None:
+    zone.land_day(settings.paths.landing, DAY1, 80, seed=7)
+    path = settings.paths.landing / "orders" / "2026-03-02.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",coupon"] + [line + ",SPRING26" for line in lines[1:]]) + "\n")
+    with dg.instance_for_test() as instance:
+        result = materialize(settings, instance, DAY1)
+        assert result.success  # extra columns warn; missing ones would block
+        evaluation = next(e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("raw_orders"))
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert "coupon" in evaluation.metadata["extra_columns (kept in _extra_columns)"].value
+        raw = stages.raw_table(lake, "orders").read().to_pylist()
+        assert all(r["_extra_columns"] == '{"coupon": "SPRING26"}' for r in raw)
+
+
+@pytest.mark.parametrize("missing", ["currency"])
+def test_a_missing_column_blocks_downstream(settings: Settings, lake: Lake, missing: str) -> None:
+    zone.land_day(settings.paths.landing, DAY1, 80, seed=7)
+    path = settings.paths.landing / "orders" / "2026-03-02.csv"
+    header, *rows = path.read_text().splitlines()
+    drop = header.split(",").index(missing)
+    path.write_text("\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != drop) for r in [header, *rows]) + "\n")
+    with dg.instance_for_test() as instance:
+        result = materialize(settings, instance, DAY1)
+        assert not result.success
+        evaluation = next(e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("raw_orders"))
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+        assert not stages.bronze_table(lake, "orders").exists()
