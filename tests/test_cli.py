@@ -1,0 +1,50 @@
+"""The loopwise command line: help on every command, landing, and clear errors."""
+
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from loopwise.cli import app
+from loopwise.config import Settings
+
+runner = CliRunner()
+
+
+def test_every_command_has_help() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    commands = re.findall(r"│ (\w+)\s", result.output)
+    assert {"land", "demo", "tables"} <= set(commands)
+    for command in commands:
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0 and "Usage" in sub.output, command
+
+
+def test_land_writes_every_source_and_reports_malformed_rows(settings: Settings) -> None:
+    result = runner.invoke(app, ["land", "--date", "2026-03-02", "--rows", "50", "--bad-rows", "0.1"])
+    assert result.exit_code == 0, result.output
+    for source in ("tickets", "orders", "ticket_outcomes"):
+        assert (settings.paths.landing / source / "2026-03-02.csv").exists()
+    assert "truncated_line=" in result.output
+
+
+def test_land_parquet(settings: Settings) -> None:
+    result = runner.invoke(app, ["land", "--date", "2026-03-02", "--rows", "20", "--format", "parquet"])
+    assert result.exit_code == 0, result.output
+    assert (settings.paths.landing / "orders" / "2026-03-02.parquet").exists()
+
+
+def test_bad_input_gets_a_clear_error(settings: Settings) -> None:
+    bad_date = runner.invoke(app, ["land", "--date", "2026-02-30"])
+    assert bad_date.exit_code == 2 and "YYYY-MM-DD" in bad_date.output
+    bad_drift = runner.invoke(app, ["land", "--date", "2026-03-02", "--drift", "weather"])
+    assert bad_drift.exit_code == 2 and "known aspects" in bad_drift.output
+
+
+def test_a_bad_profile_value_stops_before_any_work(settings: Settings, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LOOPWISE__VALIDATION__MAX_BAD_ROW_FRACTION", "lots")
+    result = runner.invoke(app, ["land", "--date", "2026-03-02"])
+    assert result.exit_code == 2
+    assert "validation.max_bad_row_fraction" in result.output
+    assert not settings.paths.landing.exists()

@@ -1,0 +1,50 @@
+"""The definitions load and the asset graph has the expected keys, groups and dependencies."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from loopwise.contracts import SOURCES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_asset_graph_has_every_stage_of_every_source() -> None:
+    from definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    expected = {f"{stage}_{s}" for stage in ("raw", "bronze", "silver") for s in SOURCES}
+    assert expected <= keys
+    for source in SOURCES:
+        assert graph.get(dg.AssetKey(f"raw_{source}")).group_name == "raw"
+        assert graph.get(dg.AssetKey(f"bronze_{source}")).group_name == "bronze"
+        assert graph.get(dg.AssetKey(f"silver_{source}")).group_name == "silver"
+        assert graph.get(dg.AssetKey(f"bronze_{source}")).parent_keys == {dg.AssetKey(f"raw_{source}")}
+        assert graph.get(dg.AssetKey(f"silver_{source}")).parent_keys == {dg.AssetKey(f"bronze_{source}")}
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert {(f"bronze_{s}", "bad_rows_below_threshold") for s in SOURCES} <= checks
+    assert {(f"raw_{s}", "matches_contract") for s in SOURCES} <= checks
+    assert defs.resolve_job_def("data_layer") is not None
+
+
+def test_definitions_load_without_importing_great_expectations_or_starting_spark() -> None:
+    code = ("import sys; import definitions; "
+            "print('great_expectations' in sys.modules, 'pysail' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False False"
+
+
+def test_the_engine_never_imports_dagster() -> None:
+    offenders = [str(p) for p in (ROOT / "platform" / "loopwise").rglob("*.py")
+                 if "import dagster" in p.read_text() or "from dagster" in p.read_text()]
+    assert offenders == []
+    assert not (ROOT / "platform" / "__init__.py").exists()  # would shadow the standard library's platform
+
+
+def test_the_workspace_loads_in_dagster_tooling() -> None:
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
