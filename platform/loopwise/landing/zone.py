@@ -17,7 +17,7 @@ from loopwise.landing import malformed
 from loopwise.landing.synthetic import DriftSpec, generate_day
 
 FORMATS = ("csv", "parquet")
-LINE_COLUMNS = ("_line", "_landed_row", "_field_shortfall", "_extra_columns")
+LINE_COLUMNS = ("_line", "_landed_row", "_field_shortfall", "_extra_columns", "_key_occurrence")
 
 
 class LandingFileMissing(FileNotFoundError):
@@ -135,6 +135,14 @@ def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
     extra = [h for h in header if h not in contract.column_names]
     extras = [json.dumps({h: r[index[h]] for h in extra if index[h] < len(r)}, ensure_ascii=False) if extra else None
               for r in rows]
+    seen: dict[str, int] = {}
+    occurrence: list[int | None] = []
+    for key in columns[contract.key]:
+        if key is None:
+            occurrence.append(None)
+        else:
+            seen[key] = seen.get(key, 0) + 1
+            occurrence.append(seen[key])
     table = pa.table({
         **{k: pa.array(v, pa.string()) for k, v in columns.items()},
         "_line": pa.array(range(1, len(rows) + 1), pa.int64()),
@@ -142,5 +150,7 @@ def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
         # Fields the record lacks against its own header: a truncated line has a shortfall.
         "_field_shortfall": pa.array([len(header) - c for c in counts], pa.int32()),
         "_extra_columns": pa.array(extras, pa.string()),
+        # The how-many-th time this id appears in the file, in line order: later duplicates fail.
+        "_key_occurrence": pa.array(occurrence, pa.int32()),
     })
     return LandedTable(table, [c for c in contract.column_names if c not in index], extra)

@@ -34,8 +34,11 @@ def _sail_url() -> str:
     return f"sc://{host}:{port}"
 
 
-def connect(remote: str | None = None) -> SparkSession:
-    """A session on `remote`, or on the embedded Sail server when `remote` is empty."""
+def connect(remote: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
+    """A session on `remote`, or on the embedded Sail server when `remote` is empty.
+
+    `conf` applies when this call starts a local Apache Spark server (e.g. spark.driver.memory).
+    """
     from pyspark.sql import SparkSession
 
     with _lock:
@@ -45,6 +48,8 @@ def connect(remote: str | None = None) -> SparkSession:
             builder = SparkSession.builder.remote(url)
             if url.startswith("local"):
                 builder = builder.config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+                for key, value in (conf or {}).items():
+                    builder = builder.config(key, value)
                 session = builder.getOrCreate()
             else:
                 session = builder.create()
