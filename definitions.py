@@ -7,15 +7,25 @@ import dagster as dg
 from assets import DATA_LAYER_ASSETS
 from jobs import data_layer_job, data_layer_schedule
 from loopwise.config import Settings, load_settings
-from resources import LakeResource, SparkResource
+from loopwise.secrets import get_secret, install_log_redaction
+from resources import EventStoreResource, LakeResource, SparkResource
+from sensors import audit_trail_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    """Everything Dagster shows and runs, configured from one profile."""
+    """Everything Dagster shows and runs, configured from one profile.
+
+    Every secret the profile names is read here, so a missing one fails the code location's
+    load with its name, before any run starts.
+    """
+    for name in settings.secret_names():
+        get_secret(name)
+    install_log_redaction()
     return dg.Definitions(
         assets=DATA_LAYER_ASSETS,
         jobs=[data_layer_job],
         schedules=[data_layer_schedule],
+        sensors=[audit_trail_sensor],
         resources={
             "spark": SparkResource(remote=settings.spark.remote),
             "lake": LakeResource(
@@ -24,6 +34,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 storage_options=settings.lake.storage_options,
                 max_bad_row_fraction=settings.validation.max_bad_row_fraction,
             ),
+            "events": EventStoreResource(url=settings.events_url, password_secret=settings.events.password_secret),
         },
         # One process per run: the embedded Spark engine starts once and serves every asset.
         executor=dg.in_process_executor,

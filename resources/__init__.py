@@ -1,6 +1,7 @@
 """Dagster resources: each wraps one engine backend behind a narrow interface."""
 
+from resources.events import EventStoreResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource
 
-__all__ = ["LakeResource", "SparkResource"]
+__all__ = ["EventStoreResource", "LakeResource", "SparkResource"]

@@ -41,3 +41,15 @@ def spark() -> Iterator[object]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+PLANTED_SECRET = "planted-Secret-9f3kq7-never-print"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A real PostgreSQL server on loopback whose password is the planted secret."""
+    from tests.services import postgres_server
+
+    with postgres_server(PLANTED_SECRET) as server:
+        yield server

@@ -48,3 +48,34 @@ def test_a_bad_profile_value_stops_before_any_work(settings: Settings, monkeypat
     assert result.exit_code == 2
     assert "validation.max_bad_row_fraction" in result.output
     assert not settings.paths.landing.exists()
+
+
+def test_audit_verify_names_a_tampered_record_and_status_shows_versions(settings: Settings, tmp_path: Path) -> None:
+    import sqlite3
+
+    from loopwise.events import open_store
+    from loopwise.lifecycle import Lifecycle
+
+    store = open_store(settings.events_url)
+    lifecycle = Lifecycle(store)
+    for state in ("trained", "validated", "challenger"):
+        lifecycle.transition("ticket-escalation", 1, state)
+    recorded = runner.invoke(app, ["audit", "record", "--action", "paused retraining", "--subject", "job:retrain",
+                                   "--reason", "holiday freeze", "--actor", "alice"])
+    assert recorded.exit_code == 0, recorded.output
+    log = runner.invoke(app, ["audit", "log", "--kind", "manual.*"])
+    assert "job:retrain" in log.output and "by alice" in log.output and "holiday freeze" in log.output
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert "ticket-escalation/1" in status.output and "challenger" in status.output
+    assert "raw" in status.output and "never materialized" in status.output
+    assert runner.invoke(app, ["audit", "verify"]).exit_code == 0
+    out = tmp_path / "audit.jsonl"
+    assert "wrote 4 events" in runner.invoke(app, ["audit", "export", "--out", str(out)]).output
+
+    conn = sqlite3.connect(settings.paths.events / "events.db")
+    conn.execute("DROP TRIGGER audit_events_no_update")
+    conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 4")
+    conn.commit()
+    verify = runner.invoke(app, ["audit", "verify"])
+    assert verify.exit_code == 1 and "record 4 was edited" in verify.output

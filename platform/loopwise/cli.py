@@ -17,6 +17,15 @@ app = typer.Typer(help="Loopwise: an asset-based data and model platform on Dags
                   add_completion=False, pretty_exceptions_enable=False)
 
 DATA_LAYER_SELECTION = "group:raw or group:bronze or group:silver"
+audit = typer.Typer(help="The audit trail: verify, export, read and record events.", no_args_is_help=True)
+app.add_typer(audit, name="audit")
+
+
+@app.callback()
+def _main() -> None:
+    from loopwise.secrets import install_log_redaction
+
+    install_log_redaction()
 
 
 def _settings() -> Settings:
@@ -141,6 +150,86 @@ def demo(
     _print_tables(settings, demo_days)
     typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {dagster_env(settings)['DAGSTER_HOME']})",
                 fg="green")
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from loopwise.events import open_for
+    from loopwise.secrets import SecretMissing
+
+    try:
+        return open_for(settings)
+    except SecretMissing as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; name every edited, reordered or deleted record (exit 1 if any)."""
+    report = _store(_settings()).verify()
+    if report.ok:
+        typer.secho(f"audit trail intact: {report.records} records, hash chain verified", fg="green")
+        return
+    for problem in report.problems:
+        typer.secho(problem, fg="red")
+    raise typer.Exit(1)
+
+
+@audit.command("export")
+def audit_export(out: Annotated[Path, typer.Option(help="the JSON-lines file to write")] = Path("audit.jsonl")) -> None:
+    """Write every event as JSON lines (with its hashes, so the export can be verified elsewhere)."""
+    count = _store(_settings()).export(out)
+    typer.echo(f"wrote {count} events to {out}")
+
+
+@audit.command("log")
+def audit_log(
+    kind: Annotated[str | None, typer.Option(help="only events of this kind; * matches anything, e.g. 'lifecycle.*'")] = None,
+    subject: Annotated[str | None, typer.Option(help="only events about this subject, e.g. model:ticket-escalation/3")] = None,
+    tail: Annotated[int, typer.Option(help="how many of the most recent events")] = 20,
+) -> None:
+    """Show the most recent events."""
+    records = _store(_settings()).read(kind=kind, subject=subject)[-tail:]
+    for r in records:
+        why = f"  ({r.reason})" if r.reason else ""
+        typer.echo(f"{r.seq:>6}  {r.at[:19]}  {r.kind:<24} {r.subject:<40} by {r.actor}{why}")
+
+
+@audit.command("record")
+def audit_record(
+    action: Annotated[str, typer.Option(help="what was done, e.g. 'paused retraining'")],
+    subject: Annotated[str, typer.Option(help="what it was done to, e.g. asset:silver_orders")],
+    reason: Annotated[str, typer.Option(help="why")],
+    actor: Annotated[str, typer.Option(envvar="USER", help="who (default: $USER)")] = "unknown",
+) -> None:
+    """Record a manual action (who, what, why) in the audit trail."""
+    from loopwise.events import Event
+
+    record = _store(_settings()).append(Event("manual.action", subject, {"action": action}, actor, reason))
+    typer.echo(f"recorded event {record.seq}")
+
+
+@app.command()
+def status() -> None:
+    """Every model version's state, the freshness of each asset group, and the endpoint's traffic."""
+    from datetime import datetime, timezone
+
+    from loopwise.lake.tables import Lake
+    from loopwise.status import platform_status
+
+    settings = _settings()
+    report = platform_status(_store(settings), Lake(settings.lake_uri, settings.lake.storage_options))
+    now = datetime.now(timezone.utc)
+    typer.secho("asset groups", bold=True)
+    for g in report.groups:
+        typer.echo(f"  {g.group:<10} {g.materialized}/{g.tables} tables  last complete: {g.age(now)}")
+    typer.secho("model versions", bold=True)
+    for v in report.versions:
+        typer.echo(f"  {v.model}/{v.version:<6} {v.state.value:<12} since {v.since[:19]}")
+    if not report.versions:
+        typer.echo("  none yet")
+    typer.secho("serving", bold=True)
+    typer.echo("  " + (", ".join(f"{k} {v:.0%}" for k, v in report.traffic.items()) or "no endpoint deployed"))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ class ValidationSettings(_Section):
     )
 
 
+class EventsSettings(_Section):
+    url: str | None = Field(None, description="sqlite:///path or postgresql://user@host:port/db; "
+                                              "default sqlite under <data_dir>/events")
+    password_secret: str | None = Field(None, description="name of the secret holding the database password")
+
+
 class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
@@ -67,6 +73,7 @@ class Settings(_Section):
     lake: LakeSettings = LakeSettings()
     validation: ValidationSettings = ValidationSettings()
     partitions: PartitionSettings = PartitionSettings()
+    events: EventsSettings = EventsSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
@@ -76,6 +83,14 @@ class Settings(_Section):
     @property
     def lake_uri(self) -> str:
         return self.lake.uri or str(self.paths.lake)
+
+    @property
+    def events_url(self) -> str:
+        return self.events.url or f"sqlite:///{self.paths.events / 'events.db'}"
+
+    def secret_names(self) -> list[str]:
+        """Every secret this profile refers to by name."""
+        return [name for name in (self.events.password_secret,) if name]
 
 
 class DataPaths:

@@ -43,6 +43,7 @@ def get_secret(name: str, environ: dict[str, str] | None = None) -> str:
         raise SecretMissing(f"secret {name!r} is not set: set {_env_name(name)} or mount the file {folder / name}")
     with _lock:
         _known.add(value)
+    install_log_redaction()
     return value
 
 
@@ -60,20 +61,26 @@ def redact(value: Any) -> Any:
     return value
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that scrubs known secrets from every record's message and arguments."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(str(record.msg))
-        if record.args:
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args) \
-                if isinstance(record.args, tuple) else redact(record.args)
-        return True
+_factory_installed = False
 
 
 def install_log_redaction() -> None:
-    """Attach the redacting filter to every handler of the root logger (idempotent)."""
-    root = logging.getLogger()
-    for handler in root.handlers or [logging.lastResort]:
-        if handler and not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    """Mask known secrets in every log record as it is created, whatever handler emits it (idempotent).
+
+    A filter on handlers would miss handlers added later; the record factory sees every record.
+    """
+    global _factory_installed
+    with _lock:
+        if _factory_installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if _known:
+                record.msg = redact(record.getMessage())
+                record.args = None
+            return record
+
+        logging.setLogRecordFactory(redacting_factory)
+        _factory_installed = True

@@ -24,11 +24,12 @@ from typing import Any
 from loopwise.secrets import redact
 
 GENESIS = "0" * 64
+_COLUMNS = "seq, at, kind, subject, actor, reason, payload, key, prev_hash, hash"
 CHANNEL = "loopwise_events"
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS audit_events (
         seq BIGINT PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
-        actor TEXT NOT NULL, reason TEXT NOT NULL, payload TEXT NOT NULL,
+        actor TEXT NOT NULL, reason TEXT NOT NULL, payload TEXT NOT NULL, key TEXT UNIQUE,
         prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS audit_consumers (name TEXT PRIMARY KEY, last_seq BIGINT NOT NULL)",
 ]
@@ -56,6 +57,7 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
     actor: str = "system"
     reason: str = ""
+    key: str | None = None  # idempotency key: appending an event whose key exists returns the stored one
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Record:
     actor: str
     reason: str
     payload: dict[str, Any]
+    key: str | None
     prev_hash: str
     hash: str
 
@@ -76,8 +79,9 @@ class Record:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
 
 
-def chain_hash(seq: int, at: str, kind: str, subject: str, actor: str, reason: str, payload: str, prev_hash: str) -> str:
-    body = json.dumps([seq, at, kind, subject, actor, reason, payload, prev_hash], ensure_ascii=False)
+def chain_hash(seq: int, at: str, kind: str, subject: str, actor: str, reason: str, payload: str,
+               key: str | None, prev_hash: str) -> str:
+    body = json.dumps([seq, at, kind, subject, actor, reason, payload, key, prev_hash], ensure_ascii=False)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -144,18 +148,23 @@ class EventStore:
         payload = json.dumps(redact(event.payload), sort_keys=True, ensure_ascii=False, default=str)
         subject, actor, reason = redact(event.subject), redact(event.actor), redact(event.reason)
         with self._tx(exclusive=True) as cur:
+            if event.key is not None:
+                cur.execute(f"SELECT {_COLUMNS} FROM audit_events WHERE key = ?", (event.key,))
+                existing = cur.fetchone()
+                if existing:
+                    return self._record(existing)
             cur.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             last = cur.fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
             at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-            digest = chain_hash(seq, at, event.kind, subject, actor, reason, payload, prev)
-            cur.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (seq, at, event.kind, subject, actor, reason, payload, prev, digest))
+            digest = chain_hash(seq, at, event.kind, subject, actor, reason, payload, event.key, prev)
+            cur.execute(f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (seq, at, event.kind, subject, actor, reason, payload, event.key, prev, digest))
             if self.dialect == "postgres":
                 cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(seq)))
         with self._appended:
             self._appended.notify_all()
-        return Record(seq, at, event.kind, subject, actor, reason, json.loads(payload), prev, digest)
+        return Record(seq, at, event.kind, subject, actor, reason, json.loads(payload), event.key, prev, digest)
 
     # -- reading ---------------------------------------------------------------------
     def read(self, after: int = 0, limit: int | None = None, kind: str | None = None,
@@ -168,7 +177,7 @@ class EventStore:
         if subject:
             where.append("subject = ?")
             args.append(subject)
-        statement = f"SELECT * FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq"
+        statement = f"SELECT {_COLUMNS} FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq"
         if limit:
             statement += f" LIMIT {int(limit)}"
         with self._tx() as cur:
@@ -177,8 +186,8 @@ class EventStore:
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> Record:
-        seq, at, kind, subject, actor, reason, payload, prev_hash, digest = row
-        return Record(int(seq), at, kind, subject, actor, reason, json.loads(payload), prev_hash, digest)
+        seq, at, kind, subject, actor, reason, payload, key, prev_hash, digest = row
+        return Record(int(seq), at, kind, subject, actor, reason, json.loads(payload), key, prev_hash, digest)
 
     def last_seq(self) -> int:
         with self._tx() as cur:
@@ -189,16 +198,15 @@ class EventStore:
     def verify(self) -> VerifyReport:
         """Walk the chain; name every record that was edited, reordered or deleted."""
         with self._tx() as cur:
-            cur.execute("SELECT seq, at, kind, subject, actor, reason, payload, prev_hash, hash "
-                        "FROM audit_events ORDER BY seq")
+            cur.execute(f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq")
             rows = cur.fetchall()
         report = VerifyReport(len(rows))
         expected_seq, prev = 1, GENESIS
-        for seq, at, kind, subject, actor, reason, payload, prev_hash, digest in rows:
+        for seq, at, kind, subject, actor, reason, payload, key, prev_hash, digest in rows:
             if seq != expected_seq:
                 missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}..{seq - 1}"
                 report.problems.append(f"record {missing} is missing (deleted?) before record {seq}")
-            if chain_hash(seq, at, kind, subject, actor, reason, payload, prev_hash) != digest:
+            if chain_hash(seq, at, kind, subject, actor, reason, payload, key, prev_hash) != digest:
                 report.problems.append(f"record {seq} was edited: its content does not match its hash")
             elif prev_hash != prev:
                 report.problems.append(f"record {seq} does not follow the record before it "
@@ -235,7 +243,7 @@ class EventStore:
                 cur.execute("SELECT last_seq FROM audit_consumers WHERE name = ?", (consumer,))
                 row = cur.fetchone()
                 after = int(row[0]) if row else 0
-                cur.execute("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT 1", (after,))
+                cur.execute(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT 1", (after,))
                 event = cur.fetchone()
                 if event is None:
                     return handled

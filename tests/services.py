@@ -1,0 +1,58 @@
+"""Real servers for tests, from Debian's packages, started on loopback in temporary folders."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Postgres:
+    url: str
+    password: str
+
+
+@contextmanager
+def postgres_server(password: str) -> Iterator[Postgres]:
+    """A PostgreSQL server with password authentication, as the `prod` profile would use."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql): the PostgreSQL tests cannot run")
+    bindir = bins[-1]
+    folder = tempfile.mkdtemp(prefix="loopwise-pg-")
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: use Debian's postgres user
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    pwfile = os.path.join(folder, "pw")
+    with open(pwfile, "w") as f:
+        f.write(password)
+    if run_as:
+        os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
+    data, port = os.path.join(folder, "data"), free_port()
+    subprocess.run([*run_as, f"{bindir}/initdb", "-D", data, "-U", "loopwise", "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}"], check=True, capture_output=True)
+    subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"), "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield Postgres(f"postgresql://loopwise@127.0.0.1:{port}/postgres", password)
+    finally:
+        subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
