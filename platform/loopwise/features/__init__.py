@@ -1,0 +1,1 @@
+"""Features: daily feature tables computed with PySpark, served by Feast."""
