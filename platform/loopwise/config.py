@@ -53,6 +53,13 @@ class EventsSettings(_Section):
     password_secret: str | None = Field(None, description="name of the secret holding the database password")
 
 
+class FeatureSettings(_Section):
+    online_store: str = Field("sqlite", pattern="^(sqlite|redis)$", description="sqlite (embedded) or redis")
+    redis_url: str = Field("127.0.0.1:6379", description="host:port of Redis when online_store is redis")
+    redis_password_secret: str | None = Field(None, description="name of the secret holding Redis's password")
+    stale_after_hours: float = Field(48.0, gt=0, description="an online value older than this is reported stale")
+
+
 class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
@@ -74,6 +81,7 @@ class Settings(_Section):
     validation: ValidationSettings = ValidationSettings()
     partitions: PartitionSettings = PartitionSettings()
     events: EventsSettings = EventsSettings()
+    features: FeatureSettings = FeatureSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
@@ -90,7 +98,7 @@ class Settings(_Section):
 
     def secret_names(self) -> list[str]:
         """Every secret this profile refers to by name."""
-        return [name for name in (self.events.password_secret,) if name]
+        return [name for name in (self.events.password_secret, self.features.redis_password_secret) if name]
 
 
 class DataPaths:

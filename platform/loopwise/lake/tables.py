@@ -32,6 +32,8 @@ class DateRange:
     start: date
     end: date
 
+    EPOCH = date(1970, 1, 1)  # the start of "all history"
+
     @classmethod
     def of(cls, day: date) -> DateRange:
         return cls(day, day)
