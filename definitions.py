@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import DATA_LAYER_ASSETS
+from pathlib import Path
+
+from assets import ALL_ASSETS
 from jobs import data_layer_job, data_layer_schedule
 from loopwise.config import Settings, load_settings
 from loopwise.secrets import get_secret, install_log_redaction
-from resources import EventStoreResource, LakeResource, SparkResource
+from resources import EventStoreResource, FeatureStoreResource, LakeResource, SparkResource
 from sensors import audit_trail_sensor
+
+
+FEATURE_REPO = Path(__file__).resolve().parent / "feature_repo"
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -22,7 +27,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         get_secret(name)
     install_log_redaction()
     return dg.Definitions(
-        assets=DATA_LAYER_ASSETS,
+        assets=ALL_ASSETS,
         jobs=[data_layer_job],
         schedules=[data_layer_schedule],
         sensors=[audit_trail_sensor],
@@ -35,6 +40,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 max_bad_row_fraction=settings.validation.max_bad_row_fraction,
             ),
             "events": EventStoreResource(url=settings.events_url, password_secret=settings.events.password_secret),
+            "feast": FeatureStoreResource(
+                repo_dir=str(FEATURE_REPO), feast_dir=str(settings.paths.feast),
+                online_store=settings.features.online_store, redis_url=settings.features.redis_url,
+                redis_password_secret=settings.features.redis_password_secret, spark_remote=settings.spark.remote,
+            ),
         },
         # One process per run: the embedded Spark engine starts once and serves every asset.
         executor=dg.in_process_executor,

@@ -6,9 +6,11 @@ from assets.partitions import DAILY
 
 data_layer_job = dg.define_asset_job(
     "data_layer",
-    selection=dg.AssetSelection.groups("raw", "bronze", "silver"),
+    selection=dg.AssetSelection.groups("raw", "bronze", "silver")
+    | dg.AssetSelection.assets("features_customer_orders", "features_customer_support", "online_features"),
     partitions_def=DAILY,
-    description="Ingest each source's landing file, validate it into bronze (quarantining bad rows), conform to silver.",
+    description="Ingest each source's landing file, validate it into bronze (quarantining bad rows), conform to "
+                "silver, compute the day's features and push them to the online store.",
 )
 
 # Off by default: the landing zone is filled by `loopwise land` in the embedded profile.

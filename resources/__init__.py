@@ -1,7 +1,8 @@
 """Dagster resources: each wraps one engine backend behind a narrow interface."""
 
 from resources.events import EventStoreResource
+from resources.features import FeatureStoreResource
 from resources.lake import LakeResource
 from resources.spark import SparkResource
 
-__all__ = ["EventStoreResource", "LakeResource", "SparkResource"]
+__all__ = ["EventStoreResource", "FeatureStoreResource", "LakeResource", "SparkResource"]

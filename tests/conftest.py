@@ -53,3 +53,12 @@ def postgres() -> Iterator[object]:
 
     with postgres_server(PLANTED_SECRET) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis server on loopback (Debian's redis-server)."""
+    from tests.services import redis_server
+
+    with redis_server() as url:
+        yield url

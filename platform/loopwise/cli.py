@@ -17,6 +17,13 @@ app = typer.Typer(help="Loopwise: an asset-based data and model platform on Dags
                   add_completion=False, pretty_exceptions_enable=False)
 
 DATA_LAYER_SELECTION = "group:raw or group:bronze or group:silver"
+# The main job, in the order its runs go: each step is one Dagster run.
+DEMO_STEPS = (
+    ("register features (feast apply)", "key:feast_registry", False),
+    ("landing files to silver, features, online store", DATA_LAYER_SELECTION + " or key:features_customer_orders"
+     " or key:features_customer_support or key:online_features", True),
+    ("training set (point-in-time join through Feast)", "key:training_set", False),
+)
 audit = typer.Typer(help="The audit trail: verify, export, read and record events.", no_args_is_help=True)
 app.add_typer(audit, name="audit")
 
@@ -97,6 +104,25 @@ def tables() -> None:
     _print_tables(_settings())
 
 
+def _print_training_and_online(settings: Settings, root: Path) -> None:
+    from loopwise.features import stages as features
+    from loopwise.features.retrieval import online_features
+    from loopwise.features.store import feature_store
+    from loopwise.lake.tables import Lake
+
+    lake = Lake(settings.lake_uri, settings.lake.storage_options)
+    training = lake.table(features.TRAINING_SET)
+    data = training.read()
+    label_rate = sum(data.column(features.LABEL).to_pylist()) / max(1, data.num_rows)
+    typer.echo(f"{training.name:<26}{training.current_version():>8}  {data.num_rows:>28}  (escalation rate {label_rate:.1%})")
+    customer = data.column("customer_id")[0].as_py()
+    store = feature_store(settings, root / "feature_repo")
+    row = online_features(store, [customer], stale_after=timedelta(days=36500))[0]
+    typer.secho(f"online features of customer {customer} (feature service escalation_v1):", bold=True)
+    for name, value in sorted(row.values.items()):
+        typer.echo(f"  {name:<24} {value.value!s:>10}  {value.status.value}")
+
+
 def find_project_root(start: Path | None = None) -> Path:
     """The Loopwise repository that holds definitions.py and workspace.yaml."""
     here = (start or Path.cwd()).resolve()
@@ -124,7 +150,8 @@ def dagster_env(settings: Settings) -> dict[str, str]:
 def demo(
     days: Annotated[int, typer.Option(help="how many consecutive days to land, from the profile's first demo date")] = 0,
 ) -> None:
-    """The main job: land the demo days, materialize them to silver in one Dagster run, print the tables."""
+    """The main job: land the demo days; materialize them to silver, features and the online store; build the
+    training set; print the tables and one customer's online features."""
     from loopwise.landing import zone
 
     settings = _settings()
@@ -138,16 +165,19 @@ def demo(
                                None, settings.demo.bad_row_fraction)
         typer.echo(f"landed {day}: " + ", ".join(f"{f.source} {f.rows} rows ({len(f.bad_lines)} malformed)" for f in landed))
     partition_range = f"{min(demo_days)}...{max(demo_days)}"
-    typer.secho(f"materializing {DATA_LAYER_SELECTION} for {partition_range} (one run)", bold=True)
-    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "definitions",
-           "--select", DATA_LAYER_SELECTION, "--partition-range", partition_range]
-    completed = subprocess.run(cmd, cwd=root, env=dagster_env(settings), capture_output=True, text=True)
-    if completed.returncode != 0:
-        typer.echo(completed.stdout[-4000:])
-        typer.echo(completed.stderr[-8000:], err=True)
-        typer.secho("the Dagster run failed (its log is above)", fg="red", err=True)
-        raise typer.Exit(1)
+    env = dagster_env(settings)
+    for title, selection, partitioned in DEMO_STEPS:
+        typer.secho(f"{title}{f' for {partition_range}' if partitioned else ''} (one run)", bold=True)
+        cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "definitions", "--select", selection,
+               *(["--partition-range", partition_range] if partitioned else [])]
+        completed = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        if completed.returncode != 0:
+            typer.echo(completed.stdout[-4000:])
+            typer.echo(completed.stderr[-8000:], err=True)
+            typer.secho(f"the Dagster run for {selection!r} failed (its log is above)", fg="red", err=True)
+            raise typer.Exit(1)
     _print_tables(settings, demo_days)
+    _print_training_and_online(settings, root)
     typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {dagster_env(settings)['DAGSTER_HOME']})",
                 fg="green")
 

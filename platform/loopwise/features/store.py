@@ -22,36 +22,57 @@ if TYPE_CHECKING:
 PROJECT = "loopwise"
 
 
-def repo_config(settings: Settings, repo_dir: Path) -> Any:
-    """The Feast RepoConfig of a profile."""
+@dataclass(frozen=True)
+class FeastLocation:
+    """Where Feast keeps its registry and online store, and what computes offline retrievals."""
+
+    repo_dir: Path
+    feast_dir: Path
+    online_store: str = "sqlite"
+    redis_url: str = "127.0.0.1:6379"
+    redis_password_secret: str | None = None
+    spark_remote: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings, repo_dir: Path) -> FeastLocation:
+        f = settings.features
+        return cls(repo_dir, settings.paths.feast, f.online_store, f.redis_url, f.redis_password_secret,
+                   settings.spark.remote)
+
+
+def repo_config(location: FeastLocation) -> Any:
+    """The Feast RepoConfig: registry and SQLite under the data root, or Redis; the lake offline store."""
     from feast.repo_config import RepoConfig
 
     from loopwise.features.offline import LakeOfflineStoreConfig
 
-    settings.paths.feast.mkdir(parents=True, exist_ok=True)
-    if settings.features.online_store == "redis":
+    location.feast_dir.mkdir(parents=True, exist_ok=True)
+    if location.online_store == "redis":
         from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
-        connection = settings.features.redis_url
-        if settings.features.redis_password_secret:
-            connection += f",password={get_secret(settings.features.redis_password_secret)}"
+        connection = location.redis_url
+        if location.redis_password_secret:
+            connection += f",password={get_secret(location.redis_password_secret)}"
         online: Any = RedisOnlineStoreConfig(connection_string=connection)
     else:
         from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
-        online = SqliteOnlineStoreConfig(path=str(settings.paths.feast / "online.db"))
+        online = SqliteOnlineStoreConfig(path=str(location.feast_dir / "online.db"))
     return RepoConfig(
-        project=PROJECT, provider="local", registry=str(settings.paths.feast / "registry.db"),
-        online_store=online, offline_store=LakeOfflineStoreConfig(spark_remote=settings.spark.remote),
-        entity_key_serialization_version=3,
-        repo_path=str(repo_dir),
+        project=PROJECT, provider="local", registry=str(location.feast_dir / "registry.db"),
+        online_store=online, offline_store=LakeOfflineStoreConfig(spark_remote=location.spark_remote),
+        entity_key_serialization_version=3, repo_path=str(location.repo_dir),
     )
 
 
-def feature_store(settings: Settings, repo_dir: Path) -> FeatureStore:
+def feature_store(location: FeastLocation | Settings, repo_dir: Path | None = None) -> FeatureStore:
+    """A Feast FeatureStore for a location (or a profile and the repository folder)."""
     from feast import FeatureStore
 
-    return FeatureStore(config=repo_config(settings, repo_dir))
+    if isinstance(location, Settings):
+        assert repo_dir is not None, "a profile needs the feature repository's folder"
+        location = FeastLocation.of(location, repo_dir)
+    return FeatureStore(config=repo_config(location))
 
 
 @dataclass
