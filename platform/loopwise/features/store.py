@@ -40,8 +40,9 @@ class FeastLocation:
                    settings.spark.remote)
 
 
-def repo_config(location: FeastLocation) -> Any:
-    """The Feast RepoConfig: registry and SQLite under the data root, or Redis; the lake offline store."""
+def repo_config(location: FeastLocation, offline_store: Any | None = None) -> Any:
+    """The Feast RepoConfig: registry and SQLite under the data root, or Redis; the lake offline store
+    (`offline_store` replaces it, e.g. with Feast's own for a side-by-side benchmark)."""
     from feast.repo_config import RepoConfig
 
     from loopwise.features.offline import LakeOfflineStoreConfig
@@ -60,7 +61,7 @@ def repo_config(location: FeastLocation) -> Any:
         online = SqliteOnlineStoreConfig(path=str(location.feast_dir / "online.db"))
     return RepoConfig(
         project=PROJECT, provider="local", registry=str(location.feast_dir / "registry.db"),
-        online_store=online, offline_store=LakeOfflineStoreConfig(spark_remote=location.spark_remote),
+        online_store=online, offline_store=offline_store or LakeOfflineStoreConfig(spark_remote=location.spark_remote),
         entity_key_serialization_version=3, repo_path=str(location.repo_dir),
     )
 

@@ -1,0 +1,227 @@
+"""The feature store: feature tables, point-in-time retrieval through Feast, the fast online push."""
+
+import shutil
+import sqlite3
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from loopwise.contracts import SOURCES
+from loopwise.features import online
+from loopwise.features import stages as features
+from loopwise.features.retrieval import Status, online_features
+from loopwise.features.store import FeastLocation, apply_repo, feature_store, historical_features
+from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
+from loopwise.landing import zone
+from loopwise.pipelines import stages
+from tests.conftest import DAY1, DAY2
+
+REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+UTC = timezone.utc
+BOTH = DateRange(DAY1, DAY2)
+
+
+@pytest.fixture(scope="module")
+def lake_with_features(tmp_path_factory: pytest.TempPathFactory, spark) -> Lake:
+    """Two landed days through silver and both feature tables (built once for the module)."""
+    root = tmp_path_factory.mktemp("features")
+    for day in (DAY1, DAY2):
+        zone.land_day(root / "landing", day, 150, seed=12)
+    lake = Lake(str(root / "lake"))
+    for contract in SOURCES.values():
+        stages.ingest_raw(lake, root / "landing", contract, BOTH)
+        stages.build_bronze(spark, lake, contract, BOTH, 0.05)
+        stages.build_silver(spark, lake, contract, BOTH)
+    features.build_order_features(spark, lake, BOTH)
+    features.build_support_features(spark, lake, BOTH)
+    return lake
+
+
+def store_for(tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch, **online: str):
+    """A Feast store with its own registry and online store, reading `lake` (the repo reads the profile)."""
+    monkeypatch.setenv("LOOPWISE__LAKE__URI", lake.uri)
+    for name in ("data_sources", "entities", "feature_views", "feature_services"):
+        __import__("sys").modules.pop(name, None)  # the repository reads the lake location when imported
+    store = feature_store(FeastLocation(REPO, tmp_path / "feast", **online))
+    apply_repo(store, REPO)
+    return store
+
+
+def test_order_features_count_the_right_windows(spark) -> None:
+    orders = spark.createDataFrame(
+        [("C1", date(2026, 3, 1), 10.0, False, False), ("C1", date(2026, 2, 20), 20.0, True, False),
+         ("C1", date(2025, 12, 20), 30.0, False, True), ("C1", date(2025, 11, 1), 99.0, False, False),
+         ("C1", date(2026, 3, 4), 50.0, False, False)],
+        "customer_id string, order_date date, amount_eur double, is_refunded boolean, is_cancelled boolean")
+    from loopwise.features import tables
+
+    row = tables.customer_order_features(orders, tables.first_order_dates(orders), DateRange.of(date(2026, 3, 2))).collect()
+    assert len(row) == 1
+    r = row[0]
+    # 2026-03-04 is after the as-of day; 2025-11-01 is more than 90 days before it.
+    assert (r.orders_7d, r.orders_30d, r.orders_90d) == (1, 2, 3)
+    assert r.amount_eur_sum_90d == 60.0 and r.amount_eur_sum_30d == 30.0
+    assert r.refund_rate_90d == 0.3333 and r.cancel_rate_90d == 0.3333  # rates are rounded to 4 places
+    assert r.days_since_last_order == 1 and r.tenure_days == (date(2026, 3, 2) - date(2025, 11, 1)).days
+    assert r.event_timestamp == datetime(2026, 3, 3)  # the end of the as-of day
+
+
+def test_escalation_counts_only_outcomes_known_by_the_as_of_day(spark) -> None:
+    from loopwise.features import tables
+
+    tickets = spark.createDataFrame([("T1", "C1", date(2026, 3, 1), "chat"), ("T2", "C1", date(2026, 3, 1), "phone")],
+                                    "ticket_id string, customer_id string, created_date date, channel string")
+    outcomes = spark.createDataFrame([("T1", True, date(2026, 3, 2)), ("T2", True, date(2026, 3, 3))],
+                                     "ticket_id string, escalated boolean, resolved_date date")
+    rows = {r.partition_date: r for r in tables.customer_support_features(
+        tickets, outcomes, DateRange(date(2026, 3, 1), date(2026, 3, 3))).collect()}
+    assert rows[date(2026, 3, 1)].resolved_tickets_90d == 0 and rows[date(2026, 3, 1)].escalation_rate_90d is None
+    assert rows[date(2026, 3, 2)].escalations_90d == 1
+    assert rows[date(2026, 3, 3)].escalations_90d == 2 and rows[date(2026, 3, 3)].share_chat_30d == 0.5
+
+
+def test_a_feature_written_after_a_ticket_is_never_joined_to_it(tmp_path: Path, monkeypatch, spark) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    rows = pa.Table.from_pylist([
+        {"customer_id": "C1", "orders_7d": 1, "event_timestamp": datetime(2026, 3, 3, tzinfo=UTC), "partition_date": date(2026, 3, 2)},
+        {"customer_id": "C1", "orders_7d": 5, "event_timestamp": datetime(2026, 3, 4, tzinfo=UTC), "partition_date": date(2026, 3, 3)},
+    ])
+    overwrite_partitions_arrow(rows, lake.table(features.ORDER_FEATURES), DateRange(date(2026, 3, 2), date(2026, 3, 3)))
+    store = store_for(tmp_path, lake, monkeypatch)
+    entity = pd.DataFrame({"customer_id": ["C1", "C1", "C1", "C1", "C2"], "event_timestamp": pd.to_datetime(
+        ["2026-03-03 12:00", "2026-03-02 23:00", "2026-03-04 00:00", "2026-03-07 00:00", "2026-03-03 12:00"], utc=True)})
+    got = store.get_historical_features(entity_df=entity, features=["customer_orders:orders_7d"]).to_df()
+    assert got["orders_7d"].tolist()[0] == 1  # not the value written at 03-04, after this ticket
+    assert pd.isna(got["orders_7d"].tolist()[1])  # nothing known yet
+    assert got["orders_7d"].tolist()[2] == 5  # written exactly then: known
+    assert pd.isna(got["orders_7d"].tolist()[3])  # older than the view's TTL (2 days)
+    assert pd.isna(got["orders_7d"].tolist()[4])  # an unknown customer: nulls, no crash
+    assert got["customer_id"].tolist() == entity["customer_id"].tolist()  # rows keep their order
+
+
+def test_a_rewritten_partition_is_read_through_the_delta_log(tmp_path: Path, monkeypatch, spark) -> None:
+    """Files a re-run removed from the table are not live rows (Feast's Dask store would read them)."""
+    lake = Lake(str(tmp_path / "lake"))
+    table = lake.table(features.ORDER_FEATURES)
+    for value in (1, 7):
+        rows = pa.Table.from_pylist([{"customer_id": "C1", "orders_7d": value, "partition_date": date(2026, 3, 2),
+                                      "event_timestamp": datetime(2026, 3, 3, tzinfo=UTC)}])
+        overwrite_partitions_arrow(rows, table, DateRange.of(date(2026, 3, 2)))
+    assert len(list(Path(table.uri).rglob("*.parquet"))) == 2  # the old file is still on disk
+    store = store_for(tmp_path, lake, monkeypatch)
+    entity = pd.DataFrame({"customer_id": ["C1"], "event_timestamp": pd.to_datetime(["2026-03-03 10:00"], utc=True)})
+    assert store.get_historical_features(entity_df=entity, features=["customer_orders:orders_7d"]).to_df()["orders_7d"].tolist() == [7]
+
+
+def test_training_set_joins_labels_with_features_as_of_creation(tmp_path, monkeypatch, spark, lake_with_features) -> None:
+    store = store_for(tmp_path, lake_with_features, monkeypatch)
+    result = features.build_training_set(spark, lake_with_features, store, "escalation_v1")
+    data = lake_with_features.table(features.TRAINING_SET).read().to_pandas()
+    assert result.write.rows == len(data) > 50
+    assert set(data[features.LABEL].unique()) <= {True, False} and 0 < result.positives < len(data)
+    assert {"text", "channel", "orders_90d", "tickets_30d", "escalation_rate_90d"} <= set(data.columns)
+    assert result.input_versions["features_customer_orders"] is not None
+    # Every feature value came from a row stamped at or before the ticket's creation.
+    offline = lake_with_features.table(features.ORDER_FEATURES).read().to_pandas()
+    first_ts = offline.groupby("customer_id")["event_timestamp"].min()
+    known = data[data["orders_90d"].notna()]
+    assert (known["event_timestamp"].values >= known["customer_id"].map(first_ts).values).all()
+
+
+def _online_rows(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    rows = []
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        rows += conn.execute(f'SELECT "{table}", entity_key, feature_name, value, value_text, event_ts FROM "{table}" '
+                             "ORDER BY 2, 3").fetchall()
+    return rows
+
+
+def test_fast_push_writes_exactly_what_feast_materialize_writes(tmp_path, monkeypatch, lake_with_features) -> None:
+    ours = store_for(tmp_path / "ours", lake_with_features, monkeypatch)
+    theirs = store_for(tmp_path / "feast", lake_with_features, monkeypatch)
+    for view, table in (("customer_orders", features.ORDER_FEATURES), ("customer_support", features.SUPPORT_FEATURES)):
+        features.push_online(ours, lake_with_features, view, table, BOTH)
+    theirs.materialize(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
+    mine, feasts = _online_rows(tmp_path / "ours" / "feast" / "online.db"), _online_rows(tmp_path / "feast" / "feast" / "online.db")
+    assert len(mine) > 1000 and mine == feasts
+
+
+def test_online_equals_offline_for_each_entitys_latest_row(tmp_path, monkeypatch, lake_with_features) -> None:
+    store = store_for(tmp_path, lake_with_features, monkeypatch)
+    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, BOTH)
+    features.push_online(store, lake_with_features, "customer_support", features.SUPPORT_FEATURES, BOTH)
+    offline = lake_with_features.table(features.ORDER_FEATURES).read().to_pandas()
+    latest = offline.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last").set_index("customer_id")
+    customers = latest.index[:40].tolist()
+    served = online_features(store, customers, stale_after=timedelta(days=36500))
+    for row in served:
+        for name in ("orders_7d", "orders_90d", "amount_eur_sum_90d", "refund_rate_90d", "tenure_days"):
+            assert row.values[name].value == pytest.approx(latest.loc[row.customer_id, name]), (row.customer_id, name)
+
+
+def test_a_missing_customer_gets_nulls_with_status_and_old_values_are_stale(tmp_path, monkeypatch, lake_with_features) -> None:
+    store = store_for(tmp_path, lake_with_features, monkeypatch)
+    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, BOTH)
+    known = lake_with_features.table(features.ORDER_FEATURES).read().column("customer_id")[0].as_py()
+    rows = online_features(store, [known, "C999999"], now=datetime(2026, 3, 4, 12, tzinfo=UTC))
+    assert rows[0].values["orders_90d"].status == Status.PRESENT and rows[0].values["orders_90d"].value >= 1
+    assert all(v.value is None and v.status == Status.MISSING for v in rows[1].values.values())
+    later = online_features(store, [known], now=datetime(2026, 3, 20, tzinfo=UTC))
+    assert later[0].values["orders_90d"].status == Status.STALE
+
+
+def test_pushing_a_partition_twice_leaves_the_online_store_unchanged(tmp_path, monkeypatch, lake_with_features) -> None:
+    store = store_for(tmp_path, lake_with_features, monkeypatch)
+    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, DateRange.of(DAY2))
+    first = _online_rows(tmp_path / "feast" / "online.db")
+    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, DateRange.of(DAY2))
+    assert _online_rows(tmp_path / "feast" / "online.db") == first and first
+
+
+def _redis_dump(url: str) -> dict:
+    import redis
+
+    host, port = url.split(":")
+    client = redis.Redis(host=host, port=int(port))
+    return {k: client.hgetall(k) for k in sorted(client.keys("*"))}
+
+
+def test_redis_push_matches_feast_and_is_idempotent(tmp_path, monkeypatch, lake_with_features, redis_url) -> None:
+    import redis
+
+    host, port = redis_url.split(":")
+    client = redis.Redis(host=host, port=int(port))
+    theirs = store_for(tmp_path / "feast", lake_with_features, monkeypatch, online_store="redis", redis_url=redis_url)
+    client.flushall()
+    theirs.materialize(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
+    by_feast = _redis_dump(redis_url)
+    client.flushall()
+    ours = store_for(tmp_path / "ours", lake_with_features, monkeypatch, online_store="redis", redis_url=redis_url)
+    for view, table in (("customer_orders", features.ORDER_FEATURES), ("customer_support", features.SUPPORT_FEATURES)):
+        features.push_online(ours, lake_with_features, view, table, BOTH)
+    by_us = _redis_dump(redis_url)
+    assert len(by_us) > 100 and by_us == by_feast
+    again = features.push_online(ours, lake_with_features, "customer_orders", features.ORDER_FEATURES, BOTH)
+    assert again.skipped_older == again.entities and _redis_dump(redis_url) == by_us
+    some = lake_with_features.table(features.ORDER_FEATURES).read().column("customer_id")[0].as_py()
+    assert online_features(ours, [some], stale_after=timedelta(days=36500))[0].values["orders_90d"].value >= 1
+
+
+def test_apply_reports_an_added_and_a_removed_feature(tmp_path, monkeypatch, lake_with_features) -> None:
+    store = store_for(tmp_path, lake_with_features, monkeypatch)
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo)
+    views = repo / "feature_views.py"
+    text = views.read_text().replace('        _f("cancel_rate_90d", Float64, "share of orders cancelled, 90 days"),\n', "")
+    text = text.replace('        _f("tenure_days",', '        _f("max_amount_eur_90d", Float64, "largest order in EUR, 90 days"),\n        _f("tenure_days",')
+    views.write_text(text)
+    for name in ("data_sources", "entities", "feature_views", "feature_services"):
+        __import__("sys").modules.pop(name, None)
+    diff = apply_repo(store, repo)
+    assert diff.added_features == ["customer_orders.max_amount_eur_90d"]
+    assert diff.removed_features == ["customer_orders.cancel_rate_90d"]
+    assert "feature_view:customer_orders" in diff.changed and not diff.removed
