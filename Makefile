@@ -26,9 +26,10 @@ dev: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$$(pwd)/.loopwise/dagster} && mkdir -p $$DAGSTER_HOME && \
 	  export DAGSTER_HOME && $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## bench: the data-layer benchmark, Sail against Apache Spark Connect (appends to benchmarks/RESULTS.md)
+## bench: the benchmarks, each side by side with its peer (appends to benchmarks/RESULTS.md)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_layer.py
+	$(BIN)/python benchmarks/materialize.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform assets resources jobs sensors definitions.py tests benchmarks
