@@ -10,7 +10,7 @@ from assets import ALL_ASSETS
 from jobs import data_layer_job, data_layer_schedule
 from loopwise.config import Settings, load_settings
 from loopwise.secrets import get_secret, install_log_redaction
-from resources import EventStoreResource, FeatureStoreResource, LakeResource, SparkResource
+from resources import EventStoreResource, FeatureStoreResource, LakeResource, MlflowResource, SparkResource
 from sensors import audit_trail_sensor
 
 
@@ -40,6 +40,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 max_bad_row_fraction=settings.validation.max_bad_row_fraction,
             ),
             "events": EventStoreResource(url=settings.events_url, password_secret=settings.events.password_secret),
+            "mlflow": MlflowResource(
+                tracking_uri=settings.tracking_uri, artifact_uri=settings.artifact_uri,
+                model_name=settings.registry.model_name, floors=settings.registry.floors,
+                ceilings=settings.registry.ceilings, tolerance=settings.registry.tolerance,
+            ),
             "feast": FeatureStoreResource(
                 repo_dir=str(FEATURE_REPO), feast_dir=str(settings.paths.feast),
                 online_store=settings.features.online_store, redis_url=settings.features.redis_url,

@@ -3,6 +3,7 @@
 from resources.events import EventStoreResource
 from resources.features import FeatureStoreResource
 from resources.lake import LakeResource
+from resources.mlflow import MlflowResource
 from resources.spark import SparkResource
 
-__all__ = ["EventStoreResource", "FeatureStoreResource", "LakeResource", "SparkResource"]
+__all__ = ["EventStoreResource", "FeatureStoreResource", "LakeResource", "MlflowResource", "SparkResource"]

@@ -60,6 +60,17 @@ class FeatureSettings(_Section):
     stale_after_hours: float = Field(48.0, gt=0, description="an online value older than this is reported stale")
 
 
+class RegistrySettings(_Section):
+    tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI; default SQLite under <data_dir>/mlflow")
+    artifact_uri: str | None = Field(None, description="where model artifacts go; default <data_dir>/mlflow/artifacts")
+    model_name: str = "ticket-escalation"
+    floors: dict[str, float] = Field(default_factory=lambda: {"auc": 0.65},
+                                     description="minimum holdout metrics a version needs to become challenger")
+    ceilings: dict[str, float] = Field(default_factory=lambda: {"brier": 0.25},
+                                       description="maximum holdout metrics (lower is better)")
+    tolerance: float = Field(0.01, ge=0, description="how much worse than the champion a challenger may be")
+
+
 class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
@@ -82,6 +93,7 @@ class Settings(_Section):
     partitions: PartitionSettings = PartitionSettings()
     events: EventsSettings = EventsSettings()
     features: FeatureSettings = FeatureSettings()
+    registry: RegistrySettings = RegistrySettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
@@ -95,6 +107,14 @@ class Settings(_Section):
     @property
     def events_url(self) -> str:
         return self.events.url or f"sqlite:///{self.paths.events / 'events.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.paths.mlflow / 'mlflow.db'}"
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.registry.artifact_uri or (self.paths.mlflow / "artifacts").as_uri()
 
     def secret_names(self) -> list[str]:
         """Every secret this profile refers to by name."""
