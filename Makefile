@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/materialize.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform assets resources jobs sensors definitions.py tests benchmarks
+	$(BIN)/ruff check platform assets resources jobs sensors definitions.py tests benchmarks feature_repo
 
 clean:
 	rm -rf .loopwise .loopwise-test test-artifacts

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
 from pathlib import Path
+
+import dagster as dg
+from loopwise.config import Settings, load_settings
+from loopwise.secrets import get_secret, install_log_redaction
 
 from assets import ALL_ASSETS
 from jobs import data_layer_job, data_layer_schedule
-from loopwise.config import Settings, load_settings
-from loopwise.secrets import get_secret, install_log_redaction
 from resources import EventStoreResource, FeatureStoreResource, LakeResource, MlflowResource, SparkResource
 from sensors import audit_trail_sensor
-
 
 FEATURE_REPO = Path(__file__).resolve().parent / "feature_repo"
 

@@ -3,10 +3,10 @@
 from datetime import timedelta
 
 import dagster as dg
+from loopwise.features import stages as features
 
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
-from loopwise.features import stages as features
 from resources import FeatureStoreResource, LakeResource, SparkResource
 
 # Written once a day: a feature table more than a day and a half behind is stale in the UI.

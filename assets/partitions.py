@@ -6,7 +6,6 @@ import warnings
 from datetime import timedelta
 
 import dagster as dg
-
 from loopwise.config import load_settings
 from loopwise.lake.tables import DateRange
 

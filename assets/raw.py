@@ -3,11 +3,11 @@
 from collections.abc import Iterator
 
 import dagster as dg
+from loopwise.contracts import SOURCES, SourceContract
+from loopwise.pipelines import stages
 
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
-from loopwise.contracts import SOURCES, SourceContract
-from loopwise.pipelines import stages
 from resources import LakeResource
 
 

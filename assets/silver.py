@@ -1,11 +1,11 @@
 """Silver assets: cleaned, conformed tables shaped for the feature store."""
 
 import dagster as dg
+from loopwise.contracts import SOURCES, SourceContract
+from loopwise.pipelines import stages
 
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
-from loopwise.contracts import SOURCES, SourceContract
-from loopwise.pipelines import stages
 from resources import LakeResource, SparkResource
 
 DESCRIPTIONS = {

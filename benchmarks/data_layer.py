@@ -24,14 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-
 from loopwise.contracts import SOURCES
 from loopwise.landing.synthetic import generate_day
 from loopwise.pipelines import stages, transforms
 from loopwise.spark import connect
 from loopwise.validation.suites import validate
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 START = date(2026, 3, 2)
@@ -149,8 +148,10 @@ def main() -> None:
             f"\n## data_layer.py — {datetime.now():%Y-%m-%d %H:%M} — commit {commit}\n"
             f"Machine: {machine()}. Inputs: {args.orders:,} order rows, {args.tickets:,} tickets, 10 days, 0.1% malformed.\n\n"
             "| step | Sail (embedded) | Apache Spark Connect local[2] | ratio |\n|---|---|---|---|\n"
-            f"| bronze + quarantine + silver transforms | {sail_t['transforms']:.1f} s | {apache_t['transforms']:.1f} s | {ratio_transforms:.1f}x |\n"
-            f"| GX validation (row-level) | {sail_t['validate']:.1f} s | {apache_t['validate']:.1f} s | {apache_t['validate'] / sail_t['validate']:.1f}x |\n"
+            f"| bronze + quarantine + silver transforms | {sail_t['transforms']:.1f} s | {apache_t['transforms']:.1f} s "
+            f"| {ratio_transforms:.1f}x |\n"
+            f"| GX validation (row-level) | {sail_t['validate']:.1f} s | {apache_t['validate']:.1f} s "
+            f"| {apache_t['validate'] / sail_t['validate']:.1f}x |\n"
             f"| total | {sail_total:.1f} s | {apache_total:.1f} s | {apache_total / sail_total:.1f}x |\n\n"
             f"Identical results (row count and CRC32 of every output row, per table): {identical}.\n"
         )

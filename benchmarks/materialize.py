@@ -16,23 +16,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_layer import machine  # noqa: E402  (the same machine description in every entry)
-
-from loopwise.features import online  # noqa: E402
-from loopwise.features.store import FeastLocation, apply_repo, feature_store  # noqa: E402
-from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow  # noqa: E402
+from data_layer import machine
+from loopwise.features import online
+from loopwise.features.store import FeastLocation, apply_repo, feature_store
+from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
 
 REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 RESULTS = Path(__file__).with_name("RESULTS.md")
 START = date(2026, 3, 1)
-UTC = timezone.utc
+UTC = UTC
 
 
 def offline_rows(customers: int, days: int) -> pa.Table:
@@ -40,8 +39,8 @@ def offline_rows(customers: int, days: int) -> pa.Table:
     n = customers * days
     day = np.repeat(np.arange(days), customers)
     ids = np.tile(np.array([f"C{i:06d}" for i in range(customers)]), days)
-    ints = lambda hi: pa.array(rng.integers(0, hi, n), pa.int64())  # noqa: E731
-    floats = lambda hi: pa.array(np.round(rng.uniform(0, hi, n), 2))  # noqa: E731
+    ints = lambda hi: pa.array(rng.integers(0, hi, n), pa.int64())
+    floats = lambda hi: pa.array(np.round(rng.uniform(0, hi, n), 2))
     return pa.table({
         "customer_id": ids, "orders_7d": ints(10), "orders_30d": ints(30), "orders_90d": ints(90),
         "amount_eur_sum_30d": floats(3000), "amount_eur_sum_90d": floats(9000), "amount_eur_mean_90d": floats(300),
@@ -63,7 +62,6 @@ def stock_feast(location: FeastLocation):  # type: ignore[no-untyped-def]
     """Feast as its users run it: the file (Dask) offline store."""
     from feast import FeatureStore
     from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
-
     from loopwise.features.store import repo_config
 
     # A freshly written table has no removed files: Feast's own store reads it correctly.

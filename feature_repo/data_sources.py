@@ -2,7 +2,6 @@
 
 from feast import FileSource
 from feast.data_format import DeltaFormat
-
 from loopwise.config import load_settings
 
 _lake = load_settings().lake_uri

@@ -1,7 +1,6 @@
 """Feature services: the versioned sets of features a model consumes (a model records which)."""
 
 from feast import FeatureService
-
 from feature_views import customer_orders, customer_support
 
 escalation_v1 = FeatureService(

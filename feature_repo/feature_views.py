@@ -5,11 +5,10 @@ Every feature is computed in `loopwise.features.tables` from silver tables, as o
 
 from datetime import timedelta
 
-from feast import FeatureView, Field
-from feast.types import Float64, Int64
-
 from data_sources import customer_orders_source, customer_support_source
 from entities import customer
+from feast import FeatureView, Field
+from feast.types import Float64, Int64
 
 OWNER = "data-platform@loopwise.dev"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dagster as dg
-
 from loopwise.events import EventStore, open_store
 from loopwise.secrets import get_secret
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-
 from loopwise.features.store import FeastLocation, feature_store
 
 if TYPE_CHECKING:

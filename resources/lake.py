@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-
 from loopwise.lake.tables import Lake
 
 

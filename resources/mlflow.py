@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dagster as dg
-
 from loopwise.events import EventStore
 from loopwise.registry import GatePolicy, Registry
 

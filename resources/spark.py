@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dagster as dg
-from pyspark.sql import SparkSession
-
 from loopwise import spark
+from pyspark.sql import SparkSession
 
 
 class SparkResource(dg.ConfigurableResource):

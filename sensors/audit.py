@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-
 from loopwise.events import Event
+
 from resources import EventStoreResource
 
 EVENT_TYPES = {
@@ -53,7 +53,7 @@ RUNS_PER_TICK = 50
 def audit_trail_sensor(context: dg.SensorEvaluationContext, events: EventStoreResource) -> dg.SkipReason:
     # Walks finished runs rather than a global event cursor: that works on every instance
     # storage, including the default SQLite one, which shards its event log per run.
-    after = datetime.fromtimestamp(float(context.cursor), tz=timezone.utc) if context.cursor else None
+    after = datetime.fromtimestamp(float(context.cursor), tz=UTC) if context.cursor else None
     runs = context.instance.get_run_records(
         filters=dg.RunsFilter(statuses=FINISHED, updated_after=after),
         order_by="update_timestamp", ascending=True, limit=RUNS_PER_TICK)

@@ -7,7 +7,6 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-
 from loopwise.config import Settings, load_settings
 from loopwise.lake.tables import Lake
 

@@ -1,10 +1,10 @@
 """Dagster's asset events reach the audit trail once each, with their evidence."""
 
 import dagster as dg
-
 from loopwise.config import Settings
 from loopwise.events import open_store
 from loopwise.landing import zone
+
 from resources import EventStoreResource
 from sensors import audit_trail_sensor
 from tests.conftest import DAY1

@@ -3,10 +3,9 @@
 import re
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from loopwise.cli import app
 from loopwise.config import Settings
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

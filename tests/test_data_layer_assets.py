@@ -4,13 +4,13 @@ from datetime import date
 
 import dagster as dg
 import pytest
-
-from assets import DATA_LAYER_ASSETS
 from loopwise.config import Settings
 from loopwise.contracts import SOURCES
 from loopwise.lake.tables import DateRange, Lake
 from loopwise.landing import zone
 from loopwise.pipelines import stages
+
+from assets import DATA_LAYER_ASSETS
 from resources import LakeResource, SparkResource
 from tests.conftest import DAY1, DAY2
 

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-
 from loopwise.contracts import SOURCES
 
 ROOT = Path(__file__).resolve().parent.parent

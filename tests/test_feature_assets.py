@@ -4,15 +4,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
-
-from assets import ALL_ASSETS, DATA_LAYER_ASSETS, FEATURE_ASSETS
-from assets.features import feast_registry, online_features, training_set
 from loopwise.config import Settings
 from loopwise.features import stages as features
 from loopwise.features.retrieval import Status
 from loopwise.features.retrieval import online_features as read_online
 from loopwise.lake.tables import Lake
 from loopwise.landing import zone
+
+from assets import ALL_ASSETS, DATA_LAYER_ASSETS, FEATURE_ASSETS
+from assets.features import feast_registry, online_features, training_set
 from resources import FeatureStoreResource
 from tests.conftest import DAY1, DAY2
 from tests.test_data_layer_assets import resources

@@ -2,25 +2,24 @@
 
 import shutil
 import sqlite3
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
-
 from loopwise.contracts import SOURCES
-from loopwise.features import online
 from loopwise.features import stages as features
 from loopwise.features.retrieval import Status, online_features
-from loopwise.features.store import FeastLocation, apply_repo, feature_store, historical_features
+from loopwise.features.store import FeastLocation, apply_repo, feature_store
 from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
 from loopwise.landing import zone
 from loopwise.pipelines import stages
+
 from tests.conftest import DAY1, DAY2
 
 REPO = Path(__file__).resolve().parent.parent / "feature_repo"
-UTC = timezone.utc
+UTC = UTC
 BOTH = DateRange(DAY1, DAY2)
 
 
@@ -146,7 +145,8 @@ def test_fast_push_writes_exactly_what_feast_materialize_writes(tmp_path, monkey
     for view, table in (("customer_orders", features.ORDER_FEATURES), ("customer_support", features.SUPPORT_FEATURES)):
         features.push_online(ours, lake_with_features, view, table, BOTH)
     theirs.materialize(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
-    mine, feasts = _online_rows(tmp_path / "ours" / "feast" / "online.db"), _online_rows(tmp_path / "feast" / "feast" / "online.db")
+    mine = _online_rows(tmp_path / "ours" / "feast" / "online.db")
+    feasts = _online_rows(tmp_path / "feast" / "feast" / "online.db")
     assert len(mine) > 1000 and mine == feasts
 
 
@@ -217,7 +217,8 @@ def test_apply_reports_an_added_and_a_removed_feature(tmp_path, monkeypatch, lak
     shutil.copytree(REPO, repo)
     views = repo / "feature_views.py"
     text = views.read_text().replace('        _f("cancel_rate_90d", Float64, "share of orders cancelled, 90 days"),\n', "")
-    text = text.replace('        _f("tenure_days",', '        _f("max_amount_eur_90d", Float64, "largest order in EUR, 90 days"),\n        _f("tenure_days",')
+    added = '        _f("max_amount_eur_90d", Float64, "largest order in EUR, 90 days"),\n'
+    text = text.replace('        _f("tenure_days",', added + '        _f("tenure_days",')
     views.write_text(text)
     for name in ("data_sources", "entities", "feature_views", "feature_services"):
         __import__("sys").modules.pop(name, None)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from loopwise.config import Settings
 from loopwise.contracts import SOURCES
 from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
 from loopwise.pipelines import stages
+
 from tests.conftest import DAY1
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from loopwise.contracts import SOURCES
 from loopwise.landing import malformed, zone
 from loopwise.landing.synthetic import DriftSpec, DriftSpecError, generate_day
@@ -38,14 +37,9 @@ def test_ticket_text_has_variety() -> None:
 
 
 def _labelled(seed: int, days: int = 6) -> pd.DataFrame:
-    frames = []
-    for i in range(days):
-        day = DAY + timedelta(days=i)
-        feed = generate_day(day, 600, seed=seed)
-        frames.append(feed.frames["ticket_outcomes"])
-        tickets = feed.frames["tickets"] if i == 0 else pd.concat([tickets, feed.frames["tickets"]])
-        orders = feed.frames["orders"] if i == 0 else pd.concat([orders, feed.frames["orders"]])
-    outcomes = pd.concat(frames).drop_duplicates("ticket_id")
+    feeds = [generate_day(DAY + timedelta(days=i), 600, seed=seed).frames for i in range(days)]
+    tickets, orders = (pd.concat([f[name] for f in feeds]) for name in ("tickets", "orders"))
+    outcomes = pd.concat([f["ticket_outcomes"] for f in feeds]).drop_duplicates("ticket_id")
     refunds = orders.assign(refund=orders["status"] == "refunded").groupby("customer_id")["refund"].mean()
     data = tickets.merge(outcomes, on="ticket_id")
     data["refund_rate"] = data["customer_id"].map(refunds).fillna(0.0)
@@ -54,10 +48,10 @@ def _labelled(seed: int, days: int = 6) -> pd.DataFrame:
 
 
 def test_escalation_is_learnable_from_text_and_history_but_not_trivial() -> None:
+    from scipy.sparse import csr_matrix, hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from scipy.sparse import hstack, csr_matrix
 
     train, test = _labelled(seed=3), _labelled(seed=4)
     assert 0.1 < train["label"].mean() < 0.5
@@ -68,8 +62,11 @@ def test_escalation_is_learnable_from_text_and_history_but_not_trivial() -> None
         x = vec.fit_transform(text) if fit else vec.transform(text)
         return hstack([x, csr_matrix(d[["refund_rate"]].to_numpy())])
 
-    text_only = LogisticRegression(max_iter=2000).fit(vec.fit_transform((train["subject"] + " " + train["body"]).str.lower()), train["label"])
-    auc_text = roc_auc_score(test["label"], text_only.predict_proba(vec.transform((test["subject"] + " " + test["body"]).str.lower()))[:, 1])
+    def text(d: pd.DataFrame) -> pd.Series:
+        return (d["subject"] + " " + d["body"]).str.lower()
+
+    text_only = LogisticRegression(max_iter=2000).fit(vec.fit_transform(text(train)), train["label"])
+    auc_text = roc_auc_score(test["label"], text_only.predict_proba(vec.transform(text(test)))[:, 1])
     both = LogisticRegression(max_iter=2000).fit(features(train, True), train["label"])
     auc_both = roc_auc_score(test["label"], both.predict_proba(features(test, False))[:, 1])
     assert 0.65 < auc_text < 0.95

@@ -2,7 +2,6 @@
 
 import mlflow
 import pytest
-
 from loopwise.events import open_store
 from loopwise.lifecycle import State
 from loopwise.registry import ALIAS_MOVED, CHALLENGER, CHAMPION, GATE_EVALUATED, GatePolicy, Registry, decide

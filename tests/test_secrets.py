@@ -8,11 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
 from loopwise.config import load_settings
-from loopwise.events import Event, open_store
-from loopwise.landing import zone
+from loopwise.events import Event
 from loopwise.secrets import SecretMissing, get_secret, redact
+
 from resources import EventStoreResource
 from sensors import audit_trail_sensor
 from tests.conftest import DAY1, PLANTED_SECRET

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from loopwise.contracts import SOURCES
 from loopwise.landing import zone
 from loopwise.pipelines import stages, transforms

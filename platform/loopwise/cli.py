@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -242,14 +242,14 @@ def audit_record(
 @app.command()
 def status() -> None:
     """Every model version's state, the freshness of each asset group, and the endpoint's traffic."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from loopwise.lake.tables import Lake
     from loopwise.status import platform_status
 
     settings = _settings()
     report = platform_status(_store(settings), Lake(settings.lake_uri, settings.lake.storage_options))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     typer.secho("asset groups", bold=True)
     for g in report.groups:
         typer.echo(f"  {g.group:<10} {g.materialized}/{g.tables} tables  last complete: {g.age(now)}")

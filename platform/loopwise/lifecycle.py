@@ -8,13 +8,13 @@ refusal is recorded too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from loopwise.events.store import Event, EventStore, Record
 
 
-class State(str, Enum):
+class State(StrEnum):
     TRAINED = "trained"
     VALIDATED = "validated"
     CHALLENGER = "challenger"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from loopwise.contracts import SOURCES
 from loopwise.events.store import EventStore
@@ -37,7 +37,7 @@ def _last_commit(table: TableRef) -> datetime | None:
     history = table.history(1)
     if not history:
         return None
-    return datetime.fromtimestamp(history[0]["timestamp"] / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(history[0]["timestamp"] / 1000, tz=UTC)
 
 
 def group_freshness(lake: Lake) -> list[GroupFreshness]:

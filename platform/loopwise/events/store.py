@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,7 @@ class EventStore:
             cur.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             last = cur.fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+            at = datetime.now(UTC).isoformat(timespec="microseconds")
             digest = chain_hash(seq, at, event.kind, subject, actor, reason, payload, event.key, prev)
             cur.execute(f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (seq, at, event.kind, subject, actor, reason, payload, event.key, prev, digest))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -72,7 +72,7 @@ def encode_column(values: pd.Series, dtype: Any) -> tuple[list[bytes], list[str 
         proto = Value(**{field: cast(value)})
         raw = getattr(proto, field)
         encoded.append(proto.SerializeToString())
-        texts.append(raw if field == "string_val" else (str(raw) if field != "bool_val" else str(raw)))
+        texts.append(str(raw))  # Feast's value_text: str() of the proto value
     encoded.append(b"")  # a null is an empty Value, as Feast writes it
     texts.append(None)
     return [encoded[c] for c in codes], [texts[c] for c in codes]
@@ -106,7 +106,7 @@ def _push_sqlite(store: FeatureStore, view_name: str, rows: pa.Table) -> PushRes
     batch: list[tuple[Any, ...]] = []
     for feature in view.features:
         values, texts = encode_column(frame[feature.name], feature.dtype)
-        batch.extend(zip(ek, [feature.name] * len(ek), values, texts, event_ts, [None] * len(ek)))
+        batch.extend(zip(ek, [feature.name] * len(ek), values, texts, event_ts, [None] * len(ek), strict=True))
     conn = sqlite3.connect(store.config.online_store.path)
     try:
         with conn:
@@ -133,7 +133,7 @@ def _push_redis(store: FeatureStore, view_name: str, rows: pa.Table) -> PushResu
     stamps = []
     for ts in pd.to_datetime(frame[timestamp], utc=True):
         proto = Timestamp()
-        proto.FromDatetime(ts.to_pydatetime().astimezone(timezone.utc))
+        proto.FromDatetime(ts.to_pydatetime().astimezone(UTC))
         stamps.append(proto)
     columns = {_mmh3(f"{view.name}:{f.name}"): encode_column(frame[f.name], f.dtype)[0] for f in view.features}
     with client.pipeline(transaction=False) as pipe:
@@ -157,4 +157,4 @@ def _push_redis(store: FeatureStore, view_name: str, rows: pa.Table) -> PushResu
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

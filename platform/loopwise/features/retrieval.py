@@ -7,15 +7,15 @@ older than the profile's `stale_after_hours` is returned with status `stale`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from enum import Enum
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PRESENT = "present"
     MISSING = "missing"
     STALE = "stale"
@@ -53,7 +53,7 @@ def online_features(store: FeatureStore, customer_ids: list[str], service: str =
                                          entity_rows=[{"customer_id": c} for c in customer_ids])
     proto = response.proto
     names = list(proto.metadata.feature_names.val)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     out = []
     for row, customer in enumerate(customer_ids):
         values: dict[str, FeatureValue] = {}
@@ -67,7 +67,7 @@ def online_features(store: FeatureStore, customer_ids: list[str], service: str =
             if status != FieldStatus.PRESENT:
                 values[name] = FeatureValue(None, Status.MISSING)
                 continue
-            event_time = datetime.fromtimestamp(result.event_timestamps[row].seconds, tz=timezone.utc)
+            event_time = datetime.fromtimestamp(result.event_timestamps[row].seconds, tz=UTC)
             values[name] = FeatureValue(value, Status.STALE if now - event_time > stale_after else Status.PRESENT)
         out.append(CustomerFeatures(customer, values))
     return out

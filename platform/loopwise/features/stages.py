@@ -14,7 +14,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from loopwise.features import online, tables
-from loopwise.lake.tables import DateRange, Lake, TableRef, WriteResult, overwrite_partitions, overwrite_partitions_arrow
+from loopwise.lake.tables import (
+    DateRange,
+    Lake,
+    TableRef,
+    WriteResult,
+    overwrite_partitions,
+    overwrite_partitions_arrow,
+)
 from loopwise.pipelines import stages
 
 ORDER_FEATURES = "features_customer_orders"

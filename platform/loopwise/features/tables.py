@@ -45,8 +45,8 @@ def customer_order_features(orders: DataFrame, first_orders: DataFrame, window: 
     each customer's first order date ever (for tenure).
     """
     daily = _as_of_days(orders, "order_date", window)
-    count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0))  # noqa: E731
-    amount = lambda days: F.sum(F.when(_within(days), F.col("amount_eur")).otherwise(0.0))  # noqa: E731
+    count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0))
+    amount = lambda days: F.sum(F.when(_within(days), F.col("amount_eur")).otherwise(0.0))
     features = daily.groupBy("customer_id", "as_of").agg(
         count(7).cast("long").alias("orders_7d"),
         count(30).cast("long").alias("orders_30d"),
@@ -74,7 +74,7 @@ def customer_support_features(tickets: DataFrame, outcomes: DataFrame, window: D
     known then is never a feature.
     """
     daily_tickets = _as_of_days(tickets, "created_date", window)
-    count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0))  # noqa: E731
+    count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0))
     shares = [F.round(F.avg(F.when(_within(30), (F.col("channel") == c).cast("double"))), 4).alias(f"share_{c}_30d")
               for c in CHANNELS]
     ticket_features = daily_tickets.groupBy("customer_id", "as_of").agg(

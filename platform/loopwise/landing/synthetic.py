@@ -193,7 +193,7 @@ def tickets_for(day: date, population: Population, tickets_per_day: int, seed: i
     for i in range(n):
         p = base * np.exp(0.5 * money * z[i])
         t = int(rng.choice(len(topics), p=p / p.sum()))
-        topic_name, (topic_weight, subjects, bodies) = topics[t]
+        _, (topic_weight, subjects, bodies) = topics[t]
         tone = text.TONE_NAMES[int(rng.choice(4, p=tone_p[i]))]
         product = str(rng.choice(text.PRODUCTS))
         order_ref = f"#{int(rng.integers(100000, 999999))}"

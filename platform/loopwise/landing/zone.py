@@ -113,7 +113,7 @@ def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
         source = pq.read_table(path)
         header = source.column_names
         rows = [[None if v is None else str(v) for v in row.values()] for row in source.to_pylist()]
-        landed = [json.dumps(dict(zip(header, r)), ensure_ascii=False) for r in rows]
+        landed = [json.dumps(dict(zip(header, r, strict=False)), ensure_ascii=False) for r in rows]
         counts = [len(header)] * len(rows)
     else:
         lines = path.read_bytes().split(b"\n")

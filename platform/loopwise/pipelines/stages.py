@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +13,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from loopwise.contracts import SourceContract
-from loopwise.lake.tables import DateRange, Lake, TableRef, WriteResult, overwrite_partitions, overwrite_partitions_arrow
+from loopwise.lake.tables import (
+    DateRange,
+    Lake,
+    TableRef,
+    WriteResult,
+    overwrite_partitions,
+    overwrite_partitions_arrow,
+)
 from loopwise.landing import zone
 from loopwise.pipelines import transforms
 from loopwise.validation.suites import ValidationReport, validate
@@ -102,7 +109,7 @@ def build_bronze(spark: SparkSession, lake: Lake, contract: SourceContract, wind
     report = validate(raw, contract)
     bad = bad_rows_frame(spark, report)
     write = overwrite_partitions(transforms.bronze(raw, bad, contract), bronze_table(lake, contract.name), window)
-    at = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    at = now or datetime.now(UTC).replace(tzinfo=None)
     quarantined = transforms.quarantine(raw, bad, contract.name, at)
     q = overwrite_partitions(quarantined, quarantine_table(lake), window, where={"source": contract.name})
     log.info("bronze_%s %s: %s rows kept, %s quarantined", contract.name, window, write.rows, report.bad_rows)
@@ -121,7 +128,7 @@ def quarantine_counts(lake: Lake) -> dict[str, int]:
     if not table.exists():
         return {}
     counts = table.read().group_by("source").aggregate([("line", "count")])
-    return dict(zip(counts["source"].to_pylist(), counts["line_count"].to_pylist()))
+    return dict(zip(counts["source"].to_pylist(), counts["line_count"].to_pylist(), strict=True))
 
 
 __all__ = ["F"]
