@@ -11,6 +11,7 @@ same table and pushes the newest row per customer. Both write into the same kind
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -103,8 +104,6 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=10)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="loopwise-mat-"))
-    import os
-
     os.environ["LOOPWISE__LAKE__URI"] = str(work / "lake")  # the feature repository reads its sources from here
     lake = Lake(str(work / "lake"))
     rows = offline_rows(args.customers, args.days)

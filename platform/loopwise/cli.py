@@ -117,8 +117,9 @@ def _print_training_and_online(settings: Settings, root: Path) -> None:
     typer.echo(f"{training.name:<26}{training.current_version():>8}  {data.num_rows:>28}  (escalation rate {label_rate:.1%})")
     customer = data.column("customer_id")[0].as_py()
     store = feature_store(settings, root / "feature_repo")
+    # The demo's days are fixed (2026-03) for deterministic output, so staleness against today is not checked here.
     row = online_features(store, [customer], stale_after=timedelta(days=36500))[0]
-    typer.secho(f"online features of customer {customer} (feature service escalation_v1):", bold=True)
+    typer.secho(f"online features of customer {customer} as served (feature service escalation_v1):", bold=True)
     for name, value in sorted(row.values.items()):
         typer.echo(f"  {name:<24} {value.value!s:>10}  {value.status.value}")
 

@@ -32,6 +32,8 @@ _SCHEMA = [
         actor TEXT NOT NULL, reason TEXT NOT NULL, payload TEXT NOT NULL, key TEXT UNIQUE,
         prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS audit_consumers (name TEXT PRIMARY KEY, last_seq BIGINT NOT NULL)",
+    # The lifecycle reads one subject's transitions on every move.
+    "CREATE INDEX IF NOT EXISTS audit_events_subject ON audit_events (subject, kind)",
 ]
 _SQLITE_GUARDS = [
     """CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events
@@ -42,8 +44,7 @@ _SQLITE_GUARDS = [
 _POSTGRES_GUARDS = [
     """CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger AS $$
        BEGIN RAISE EXCEPTION 'audit events are append-only'; END $$ LANGUAGE plpgsql""",
-    "DROP TRIGGER IF EXISTS audit_events_append_only ON audit_events",
-    """CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
+    """CREATE OR REPLACE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
        FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()""",
 ]
 
@@ -106,9 +107,10 @@ class EventStore:
         self._local = threading.local()
         self._appended = threading.Condition()
         with self._tx() as cur:
+            if dialect == "postgres":
+                # Stores opened at the same time would deadlock on the catalog: one schema change at a time.
+                cur.execute("SELECT pg_advisory_xact_lock(4243)")
             for statement in _SCHEMA + (_SQLITE_GUARDS if dialect == "sqlite" else _POSTGRES_GUARDS):
-                if dialect == "postgres" and statement.startswith("CREATE TABLE"):
-                    cur.execute("SELECT pg_advisory_xact_lock(4243)")  # concurrent first starts
                 cur.execute(statement)
 
     # -- connections and transactions -------------------------------------------------
