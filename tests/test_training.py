@@ -1,0 +1,131 @@
+"""The training loop on CPU with the real MiniLM encoder (frozen): it learns, resumes, and repeats."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from loopwise.landing.synthetic import generate_day
+from loopwise.training.data import FEATURE_NAMES, prepare
+from loopwise.training.loop import TrainConfig, train
+from loopwise.training.model import EscalationModel, embed_texts, load_encoder
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = TrainConfig(epochs=6, batch_size=32, learning_rate=3e-3, patience=3, seed=5, progress=False)
+
+
+def labelled_tickets(days: int = 4, per_day: int = 160) -> pd.DataFrame:
+    """Real synthetic tickets with their outcomes (features left empty: the text must carry it)."""
+    frames = [generate_day(date(2026, 3, 2) + timedelta(days=i), per_day, seed=3).frames for i in range(days)]
+    tickets = pd.concat([f["tickets"] for f in frames])
+    outcomes = pd.concat([f["ticket_outcomes"] for f in frames]).drop_duplicates("ticket_id")
+    data = tickets.merge(outcomes, on="ticket_id")
+    data["text"] = data["subject"] + ". " + data["body"]
+    data["escalated"] = data["escalated"] == "true"
+    return data.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def dataset():  # type: ignore[no-untyped-def]
+    data = labelled_tickets()
+    encoder, tokenizer = load_encoder()
+    embeddings = embed_texts(encoder, tokenizer, data["text"].tolist())
+    return data, embeddings, encoder
+
+
+def model_for(prepared, encoder) -> EscalationModel:  # type: ignore[no-untyped-def]
+    torch.manual_seed(TINY.seed)
+    model = EscalationModel(encoder, len(FEATURE_NAMES), hidden=32)
+    model.feature_mean.copy_(prepared.mean)
+    model.feature_std.copy_(prepared.std)
+    return model
+
+
+def test_the_loss_falls_on_learnable_data(dataset, tmp_path: Path) -> None:
+    data, embeddings, encoder = dataset
+    prepared = prepare(data, embeddings)
+    model = model_for(prepared, encoder)
+    result = train(model, prepared.splits["train"], prepared.splits["validation"], TINY, tmp_path / "ckpt")
+    losses = [h.train_loss for h in result.history]
+    assert losses[-1] < losses[0] * 0.9
+    assert result.best_val_loss < result.history[0].val_loss
+    assert result.device == "cpu" and all(h.samples_per_second > 0 for h in result.history)
+    assert not any(p.requires_grad for p in model.encoder.parameters())  # frozen encoder by default
+
+
+def test_the_same_seed_gives_the_same_metrics(dataset, tmp_path: Path) -> None:
+    data, embeddings, encoder = dataset
+    prepared = prepare(data, embeddings)
+    runs = [train(model_for(prepared, encoder), prepared.splits["train"], prepared.splits["validation"],
+                  TrainConfig(**{**TINY.__dict__, "epochs": 3}), tmp_path / f"run{i}") for i in range(2)]
+    assert [h.val_loss for h in runs[0].history] == pytest.approx([h.val_loss for h in runs[1].history], abs=1e-6)
+
+
+RESUMABLE = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_training import labelled_tickets, model_for, TINY
+from loopwise.training.data import prepare
+from loopwise.training.loop import TrainConfig, train
+from loopwise.training.model import load_encoder
+data = labelled_tickets()
+embeddings = torch.load({emb!r})
+encoder, _ = load_encoder()
+prepared = prepare(data, embeddings)
+result = train(model_for(prepared, encoder), prepared.splits["train"], prepared.splits["validation"],
+               TrainConfig(**{{**TINY.__dict__, "patience": 99}}), __import__("pathlib").Path({ckpt!r}))
+print("RESUMED", result.resumed_from, [round(h.val_loss, 6) for h in result.history])
+"""
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(dataset, tmp_path: Path) -> None:
+    _, embeddings, _ = dataset
+    torch.save(embeddings, tmp_path / "emb.pt")
+    code = RESUMABLE.format(tests=str(ROOT / "tests"), emb=str(tmp_path / "emb.pt"), ckpt=str(tmp_path / "ckpt"))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    last = tmp_path / "ckpt" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "the run ended before its first checkpoint"
+    done_before = torch.load(last, weights_only=False)["epoch"]
+    assert done_before < TINY.epochs
+    resumed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    line = next(x for x in resumed.stdout.splitlines() if x.startswith("RESUMED"))
+    assert line.split()[1] == str(done_before + 1)
+    fresh = subprocess.run([sys.executable, "-c", code.replace(str(tmp_path / "ckpt"), str(tmp_path / "fresh"))],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    fresh_line = next(x for x in fresh.stdout.splitlines() if x.startswith("RESUMED"))
+    # Resuming reproduces the uninterrupted run's validation losses.
+    assert line.split(" ", 2)[2] == fresh_line.split(" ", 2)[2]
+
+
+def test_data_parallel_training_with_world_size_one_on_gloo(dataset, tmp_path: Path, monkeypatch) -> None:
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(s.getsockname()[1]))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    data, embeddings, encoder = dataset
+    prepared = prepare(data, embeddings)
+    try:
+        result = train(model_for(prepared, encoder), prepared.splits["train"], prepared.splits["validation"],
+                       TrainConfig(**{**TINY.__dict__, "epochs": 2, "distributed": True}), tmp_path / "ddp")
+        assert dist.is_initialized() and dist.get_backend() == "gloo" and dist.get_world_size() == 1
+        assert len(result.history) == 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
