@@ -67,3 +67,16 @@ def audit_trail_sensor(context: dg.SensorEvaluationContext, events: EventStoreRe
         # Runs updated in the same instant as the cursor are read again next tick; keys dedupe them.
         context.update_cursor(str(run.update_timestamp.timestamp() - 1e-3))
     return dg.SkipReason(f"copied {copied} asset events of {len(runs)} finished runs into the audit trail")
+
+
+def sync_once() -> str:
+    """One tick against the instance in DAGSTER_HOME (for runs made without the daemon, e.g. `loopwise demo`)."""
+    from definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    context = dg.build_sensor_context(instance=instance, resources={"events": defs.resources["events"]})
+    return str(audit_trail_sensor(context).skip_message)
+
+
+if __name__ == "__main__":
+    print(sync_once())

@@ -23,6 +23,8 @@ DEMO_STEPS = (
     ("landing files to silver, features, online store", DATA_LAYER_SELECTION + " or key:features_customer_orders"
      " or key:features_customer_support or key:online_features", True),
     ("training set (point-in-time join through Feast)", "key:training_set", False),
+    ("train, evaluate, register through the gate", "key:trained_model or key:model_evaluation or key:registered_model",
+     False),
 )
 audit = typer.Typer(help="The audit trail: verify, export, read and record events.", no_args_is_help=True)
 app.add_typer(audit, name="audit")
@@ -124,6 +126,29 @@ def _print_training_and_online(settings: Settings, root: Path) -> None:
         typer.echo(f"  {name:<24} {value.value!s:>10}  {value.status.value}")
 
 
+def _print_model(settings: Settings) -> None:
+    from loopwise.events import open_for
+    from loopwise.lake.tables import Lake
+    from loopwise.lineage import model_lineage
+    from loopwise.registry import GATE_EVALUATED
+
+    store = open_for(settings)
+    gates = store.read(kind=GATE_EVALUATED)
+    if not gates:
+        return
+    gate = gates[-1]
+    version = gate.payload["version"]
+    typer.secho(f"{settings.registry.model_name} version {version}: gate {gate.reason}", bold=True)
+    typer.echo("  metrics: " + ", ".join(f"{k} {v}" for k, v in gate.payload["candidate"].items()))
+    for reason in gate.payload["reasons"]:
+        typer.echo(f"  - {reason}")
+    typer.secho("lineage:", bold=True)
+    chain = model_lineage(settings.tracking_uri, store, Lake(settings.lake_uri), f"{settings.registry.model_name}/{version}")
+    for step in chain.steps:
+        runs = ", ".join(r[:8] for r in step.runs if r) or "-"
+        typer.echo(f"  {step.asset:<28} {step.detail}  (runs {runs})")
+
+
 def find_project_root(start: Path | None = None) -> Path:
     """The Loopwise repository that holds definitions.py and workspace.yaml."""
     here = (start or Path.cwd()).resolve()
@@ -177,8 +202,11 @@ def demo(
             typer.echo(completed.stderr[-8000:], err=True)
             typer.secho(f"the Dagster run for {selection!r} failed (its log is above)", fg="red", err=True)
             raise typer.Exit(1)
+    sync = subprocess.run([sys.executable, "-m", "sensors.audit"], cwd=root, env=env, capture_output=True, text=True)
+    typer.echo(f"audit trail: {(sync.stdout.strip().splitlines() or [sync.stderr.strip()[-300:]])[-1]}")
     _print_tables(settings, demo_days)
     _print_training_and_online(settings, root)
+    _print_model(settings)
     typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {dagster_env(settings)['DAGSTER_HOME']})",
                 fg="green")
 
@@ -238,6 +266,23 @@ def audit_record(
 
     record = _store(_settings()).append(Event("manual.action", subject, {"action": action}, actor, reason))
     typer.echo(f"recorded event {record.seq}")
+
+
+@app.command()
+def lineage(ref: Annotated[str, typer.Argument(help="MODEL@ALIAS or MODEL/VERSION, e.g. ticket-escalation@champion")]) -> None:
+    """The chain from a model version back to the raw partitions it came from."""
+    from loopwise.lake.tables import Lake
+    from loopwise.lineage import model_lineage
+
+    settings = _settings()
+    try:
+        chain = model_lineage(settings.tracking_uri, _store(settings), Lake(settings.lake_uri), ref)
+    except Exception as exc:  # an unknown model, version or alias: say which
+        typer.secho(f"no lineage for {ref}: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    for step in chain.steps:
+        runs = ", ".join(r for r in step.runs if r) or "-"
+        typer.echo(f"  {step.asset:<28} {step.detail}\n  {'':<28} Dagster runs: {runs}")
 
 
 @app.command()

@@ -9,7 +9,7 @@ reported with its key and where it came from before any work starts.
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,26 @@ class RegistrySettings(_Section):
     tolerance: float = Field(0.01, ge=0, description="how much worse than the champion a challenger may be")
 
 
+class TrainingSettings(_Section):
+    freeze_encoder: bool = Field(True, description="frozen MiniLM with a trained head (fast on CPU) or full fine-tuning")
+    epochs: int = Field(8, gt=0)
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    gradient_accumulation: int = Field(1, gt=0)
+    patience: int = Field(2, gt=0)
+    seed: int = 7
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu the training pod requests on Kubernetes")
+    memory: str = Field("8Gi", description="memory the training pod requests on Kubernetes")
+    priority_class: str = Field("loopwise-dev", description="Kubernetes PriorityClass of training pods")
+
+
 class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
 
 class DemoSettings(_Section):
-    dates: list[date] = Field(default_factory=lambda: [date(2026, 3, 2), date(2026, 3, 3)])
+    dates: list[date] = Field(default_factory=lambda: [date(2026, 3, 2) + timedelta(days=i) for i in range(4)])
     tickets_per_day: int = Field(2000, gt=0)
     seed: int = 7
     bad_row_fraction: float = Field(0.01, ge=0.0, le=0.5)
@@ -94,6 +108,7 @@ class Settings(_Section):
     events: EventsSettings = EventsSettings()
     features: FeatureSettings = FeatureSettings()
     registry: RegistrySettings = RegistrySettings()
+    training: TrainingSettings = TrainingSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property

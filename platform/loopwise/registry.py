@@ -77,10 +77,14 @@ class Registry:
     """Versions and aliases of one model in MLflow, with every change in the audit trail."""
 
     def __init__(self, tracking_uri: str, events: EventStore, model: str = "ticket-escalation") -> None:
+        import mlflow
         from mlflow import MlflowClient
 
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # MLflow resolves a logged model's `models:/m-...` source through the process-wide URIs.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri, tracking_uri)
         self.events, self.model = events, model
         self.lifecycle = Lifecycle(events)
