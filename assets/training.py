@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-
 from loopwise.config import load_settings
 from loopwise.features.stages import LABEL, TRAINING_SET
 from loopwise.registry import CHAMPION
+
 from resources import EventStoreResource, FeatureStoreResource, LakeResource, MlflowResource
 
 _training = load_settings().training
@@ -77,7 +77,6 @@ def run_tags_commit(run_id: str, mlflow: MlflowResource) -> str:
 def model_evaluation(trained_model: dict[str, Any], lake: LakeResource, mlflow: MlflowResource,
                      events: EventStoreResource) -> dg.Output[dict[str, Any]]:
     import numpy as np
-
     from loopwise.training.data import split_of
     from loopwise.training.evaluation import evaluate
     from loopwise.training.pipeline import predict

@@ -4,15 +4,15 @@ import json
 from pathlib import Path
 
 import dagster as dg
+from loopwise.config import Settings
+from loopwise.events import open_store
+from loopwise.landing import zone
+from loopwise.lineage import model_lineage
+from loopwise.registry import ALIAS_MOVED, CHALLENGER, Registry
 
 from assets import DATA_LAYER_ASSETS, FEATURE_ASSETS
 from assets.features import feast_registry, training_set
 from assets.training import k8s_tags, model_evaluation, registered_model, trained_model
-from loopwise.config import Settings
-from loopwise.events import open_store
-from loopwise.lineage import model_lineage
-from loopwise.registry import ALIAS_MOVED, CHALLENGER, Registry
-from loopwise.landing import zone
 from resources import EventStoreResource, FeatureStoreResource, MlflowResource
 from sensors import audit_trail_sensor
 from tests.conftest import DAY1, DAY2
