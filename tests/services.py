@@ -84,3 +84,55 @@ def redis_server() -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not start on {url}")
+            time.sleep(0.3)
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3-compatible server on loopback; yields its endpoint URL."""
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url, proc, "moto's S3 server")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, artifact_root: str, env: dict[str, str]) -> Iterator[str]:
+    """A real MLflow tracking server on loopback; clients write artifacts to `artifact_root` themselves."""
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", backend_uri, "--default-artifact-root", artifact_root,
+                             "--no-serve-artifacts", "--workers", "1"],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/health", proc, "the MLflow server", seconds=120)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

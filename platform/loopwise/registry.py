@@ -91,13 +91,10 @@ class Registry:
 
     def register(self, model_uri: str, run_id: str, tags: dict[str, str] | None = None, actor: str = "system") -> str:
         """A new version of the model (state `trained`), tagged with its lineage."""
-        from mlflow.exceptions import MlflowException
+        import mlflow
 
-        try:
-            self.client.create_registered_model(self.model)
-        except MlflowException:
-            pass  # exists
-        version = self.client.create_model_version(self.model, model_uri, run_id, tags=tags or {}).version
+        # register_model links a logged model (models:/m-...) by its id, which a tracking server requires.
+        version = mlflow.register_model(model_uri, self.model, tags=tags or {}).version
         self.events.append(Event(VERSION_REGISTERED, subject(self.model, version),
                                  {"model_uri": model_uri, "run_id": run_id, "tags": tags or {}}, actor))
         self.lifecycle.transition(self.model, version, State.TRAINED, actor, "registered", {"run_id": run_id})
