@@ -129,3 +129,19 @@ def test_data_parallel_training_with_world_size_one_on_gloo(dataset, tmp_path: P
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_full_fine_tuning_trains_the_encoder_through_the_same_loop(dataset, tmp_path: Path) -> None:
+    from loopwise.training.data import tokenize
+    from loopwise.training.model import load_encoder as fresh_encoder
+
+    data = dataset[0].head(96)
+    encoder, tokenizer = fresh_encoder()
+    prepared = prepare(data, tokenize(tokenizer, data["text"].tolist(), max_length=32))
+    torch.manual_seed(TINY.seed)
+    model = EscalationModel(encoder, len(FEATURE_NAMES), hidden=16, freeze_encoder=False)
+    before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "batch_size": 16})
+    result = train(model, prepared.splits["train"], prepared.splits["validation"], config, tmp_path / "ft")
+    assert len(result.history) == 1 and torch.isfinite(torch.tensor(result.history[0].train_loss))
+    assert not torch.equal(before, model.encoder.embeddings.word_embeddings.weight.detach())

@@ -46,8 +46,14 @@ class Prepared:
     frames: dict[str, pd.DataFrame]
 
 
-def prepare(frame: pd.DataFrame, embeddings: torch.Tensor, label: str = "escalated") -> Prepared:
-    """Split, build features, and attach each row's text embedding."""
+def tokenize(tokenizer: object, texts: list[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention masks, for fine-tuning the encoder."""
+    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")  # type: ignore[operator]
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def prepare(frame: pd.DataFrame, text: torch.Tensor | tuple[torch.Tensor, ...], label: str = "escalated") -> Prepared:
+    """Split, build features, and attach each row's text: an embedding (frozen encoder) or token ids and mask."""
     features = torch.from_numpy(feature_matrix(frame))
     labels = torch.tensor(frame[label].astype("float32").to_numpy())
     split = frame["ticket_id"].map(split_of).to_numpy()
@@ -56,6 +62,7 @@ def prepare(frame: pd.DataFrame, embeddings: torch.Tensor, label: str = "escalat
     splits, frames = {}, {}
     for name in ("train", "validation", "holdout"):
         mask = torch.from_numpy(split == name)
-        splits[name] = TensorDataset(features[mask], embeddings[mask], labels[mask])
+        texts = text if isinstance(text, tuple) else (text,)
+        splits[name] = TensorDataset(features[mask], *(t[mask] for t in texts), labels[mask])
         frames[name] = frame[split == name].reset_index(drop=True)
     return Prepared(splits, mean, std, frames)

@@ -80,9 +80,14 @@ def _distributed(config: TrainConfig, device: torch.device) -> bool:
 
 
 def _loss(model: nn.Module, batch: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    features, embedding, labels = (t.to(device, non_blocking=True) for t in batch)
+    """Batches are (features, embedding, labels) with a frozen encoder, or (features, ids, mask, labels)."""
+    tensors = [t.to(device, non_blocking=True) for t in batch]
+    features, labels = tensors[0], tensors[-1]
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(features, embedding)
+        if len(tensors) == 4:
+            logits = model(features, input_ids=tensors[1], attention_mask=tensors[2])
+        else:
+            logits = model(features, tensors[1])
     return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
 
 

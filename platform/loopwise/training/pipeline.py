@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from loopwise.training.data import FEATURE_NAMES, feature_matrix, prepare
+from loopwise.training.data import FEATURE_NAMES, feature_matrix, prepare, tokenize
 from loopwise.training.loop import TrainConfig, TrainResult, pick_device, train
 from loopwise.training.model import EscalationModel, embed_texts, load_encoder
 
@@ -71,13 +71,13 @@ def train_and_log(frame: pd.DataFrame, config: TrainConfig, checkpoint_dir: Path
     import mlflow
     from mlflow.models import infer_signature
 
-    if not freeze_encoder:
-        raise NotImplementedError("full fine-tuning runs through the same loop with token batches; "
-                                  "the frozen-encoder mode is the one wired up so far")
     device = pick_device(config.device)
     encoder, tokenizer = load_encoder()
-    embeddings = embed_texts(encoder, tokenizer, frame["text"].tolist(), max_length, device=device)
-    prepared = prepare(frame, embeddings)
+    if freeze_encoder:  # embed once; each epoch trains only the feature MLP and the head
+        text: Any = embed_texts(encoder, tokenizer, frame["text"].tolist(), max_length, device=device)
+    else:
+        text = tokenize(tokenizer, frame["text"].tolist(), max_length)
+    prepared = prepare(frame, text)
     torch.manual_seed(config.seed)
     model = EscalationModel(encoder, len(FEATURE_NAMES), hidden=hidden, freeze_encoder=freeze_encoder)
     model.feature_mean.copy_(prepared.mean)
@@ -90,8 +90,12 @@ def train_and_log(frame: pd.DataFrame, config: TrainConfig, checkpoint_dir: Path
     holdout = prepared.frames["holdout"]
     model.cpu().eval()
     with torch.no_grad():
-        features, emb, _ = prepared.splits["holdout"].tensors
-        probabilities = torch.sigmoid(model(features, emb)).numpy()
+        tensors = prepared.splits["holdout"].tensors
+        if freeze_encoder:
+            logits = model(tensors[0], tensors[1])
+        else:
+            logits = model(tensors[0], input_ids=tensors[1], attention_mask=tensors[2])
+        probabilities = torch.sigmoid(logits).numpy()
     with mlflow.start_run(experiment_id=experiment_id, tags={**tags, "git_commit": git_commit()}) as run:
         mlflow.log_params({**asdict(config), "freeze_encoder": freeze_encoder, "hidden": hidden, "max_length": max_length,
                            "encoder": "all-MiniLM-L6-v2", "rows": len(frame)})
