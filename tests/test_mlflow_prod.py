@@ -3,9 +3,9 @@
 import boto3
 import mlflow
 import pytest
-
 from loopwise.events import open_store
 from loopwise.registry import CHALLENGER, GatePolicy, Registry
+
 from tests.services import mlflow_server, s3_server
 
 
