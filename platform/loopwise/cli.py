@@ -176,8 +176,8 @@ def dagster_env(settings: Settings) -> dict[str, str]:
 def demo(
     days: Annotated[int, typer.Option(help="how many consecutive days to land, from the profile's first demo date")] = 0,
 ) -> None:
-    """The main job: land the demo days; materialize them to silver, features and the online store; build the
-    training set; print the tables and one customer's online features."""
+    """The main job: land the demo days; run them through silver, features and the online store; build the
+    training set; train, evaluate and register through the gate; print what each step produced."""
     from loopwise.landing import zone
 
     settings = _settings()
@@ -207,8 +207,7 @@ def demo(
     _print_tables(settings, demo_days)
     _print_training_and_online(settings, root)
     _print_model(settings)
-    typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {dagster_env(settings)['DAGSTER_HOME']})",
-                fg="green")
+    typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {env['DAGSTER_HOME']})", fg="green")
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
