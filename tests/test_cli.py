@@ -68,6 +68,7 @@ def test_audit_verify_names_a_tampered_record_and_status_shows_versions(settings
     assert status.exit_code == 0, status.output
     assert "ticket-escalation/1" in status.output and "challenger" in status.output
     assert "raw" in status.output and "never materialized" in status.output
+    assert "features" in status.output and "training" in status.output
     assert runner.invoke(app, ["audit", "verify"]).exit_code == 0
     out = tmp_path / "audit.jsonl"
     assert "wrote 4 events" in runner.invoke(app, ["audit", "export", "--out", str(out)]).output

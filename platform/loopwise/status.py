@@ -40,12 +40,24 @@ def _last_commit(table: TableRef) -> datetime | None:
     return datetime.fromtimestamp(history[0]["timestamp"] / 1000, tz=UTC)
 
 
+def group_tables(lake: Lake) -> dict[str, list[TableRef]]:
+    """The Delta tables behind each asset group."""
+    from loopwise.features import stages as features
+
+    return {
+        "raw": [stages.raw_table(lake, s) for s in SOURCES],
+        "bronze": [stages.bronze_table(lake, s) for s in SOURCES],
+        "silver": [stages.silver_table(lake, s) for s in SOURCES],
+        "features": [lake.table(features.ORDER_FEATURES), lake.table(features.SUPPORT_FEATURES)],
+        "training": [lake.table(features.TRAINING_SET)],
+    }
+
+
 def group_freshness(lake: Lake) -> list[GroupFreshness]:
-    """Per asset group, how many of its tables exist and when the most recent was committed."""
-    groups = {"raw": stages.raw_table, "bronze": stages.bronze_table, "silver": stages.silver_table}
+    """Per asset group, how many of its tables exist and when the least recently committed one was."""
     out = []
-    for group, table_for in groups.items():
-        commits = [_last_commit(table_for(lake, s)) for s in SOURCES]
+    for group, tables in group_tables(lake).items():
+        commits = [_last_commit(t) for t in tables]
         present = [c for c in commits if c is not None]
         out.append(GroupFreshness(group, len(commits), len(present), min(present) if len(present) == len(commits) else None))
     return out
