@@ -65,7 +65,8 @@ def test_every_asset_appears_on_the_asset_graph(webserver: str, artifacts: Path)
     groups = sorted({graph.get(k).group_name for k in graph.get_all_asset_keys()})
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 2400, "height": 1800})
+        # Large enough that the fitted graph shows full nodes (zoomed out, Dagster abbreviates long names).
+        page = browser.new_page(viewport={"width": 3840, "height": 2400})
         # The asset graph with every group expanded, as a user gets it by expanding each group node
         # (the page keeps that state in its URL; clicking group by group re-lays the graph out of view).
         expanded = ",".join(f"global@global:{g}" for g in groups)
