@@ -2,7 +2,6 @@
 
 import shutil
 import sqlite3
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -40,16 +39,9 @@ def lake_with_features(tmp_path_factory: pytest.TempPathFactory, spark) -> Lake:
     return lake
 
 
-def forget_repo_modules() -> None:
-    """Make the next apply import the feature repository again (it reads the lake location on import)."""
-    for name in ("data_sources", "entities", "feature_views", "feature_services"):
-        sys.modules.pop(name, None)
-
-
 def store_for(tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch, **online: str):
     """A Feast store with its own registry and online store, reading `lake` (the repo reads the profile)."""
-    monkeypatch.setenv("LOOPWISE__LAKE__URI", lake.uri)
-    forget_repo_modules()
+    monkeypatch.setenv("LOOPWISE__LAKE__URI", lake.uri)  # apply_repo imports the repository afresh
     store = feature_store(FeastLocation(REPO, tmp_path / "feast", **online))
     apply_repo(store, REPO)
     return store
@@ -226,7 +218,6 @@ def test_apply_reports_an_added_and_a_removed_feature(tmp_path, monkeypatch, lak
     added = '        _f("max_amount_eur_90d", Float64, "largest order in EUR, 90 days"),\n'
     text = text.replace('        _f("tenure_days",', added + '        _f("tenure_days",')
     views.write_text(text)
-    forget_repo_modules()
     diff = apply_repo(store, repo)
     assert diff.added_features == ["customer_orders.max_amount_eur_90d"]
     assert diff.removed_features == ["customer_orders.cancel_rate_90d"]

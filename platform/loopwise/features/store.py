@@ -101,10 +101,16 @@ def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
     from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
 
     repo_dir = repo_dir.resolve()
-    if str(repo_dir) not in sys.path:
-        sys.path.insert(0, str(repo_dir))  # the repository's modules import each other by name
-    with contextlib.chdir(repo_dir):  # Feast names the repository's modules relative to the cwd
-        repo = parse_repo(repo_dir)
+    # The repository's modules import each other by name: import this repository's files, fresh
+    # (they read the profile on import), and leave sys.path as it was.
+    for name in {p.stem for p in repo_dir.glob("*.py")}:
+        sys.modules.pop(name, None)
+    sys.path.insert(0, str(repo_dir))
+    try:
+        with contextlib.chdir(repo_dir):  # Feast names the repository's modules relative to the cwd
+            repo = parse_repo(repo_dir)
+    finally:
+        sys.path.remove(str(repo_dir))
     before = _features(store.list_feature_views())
     registry_diff, _, _ = store.plan(repo)
     diff = ApplyDiff()
