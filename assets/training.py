@@ -59,16 +59,10 @@ def trained_model(context: dg.AssetExecutionContext, lake: LakeResource, mlflow:
             "samples_per_second": round(sum(h.samples_per_second for h in history) / len(history), 1),
             "metrics_per_epoch": dg.MetadataValue.json([{"epoch": h.epoch, "train_loss": round(h.train_loss, 5),
                                                           "val_loss": round(h.val_loss, 5)} for h in history]),
-            "training_set_version": version, "feature_service": feast.service, "git_commit": run_tags_commit(run.run_id, mlflow),
+            "training_set_version": version, "feature_service": feast.service, "git_commit": run.git_commit,
             "input_versions": dg.MetadataValue.json(inputs.value if inputs else {}),
         },
     )
-
-
-def run_tags_commit(run_id: str, mlflow: MlflowResource) -> str:
-    from mlflow import MlflowClient
-
-    return MlflowClient(mlflow.tracking_uri).get_run(run_id).data.tags.get("git_commit", "unknown")
 
 
 @dg.asset(group_name="training", kinds={"mlflow"},

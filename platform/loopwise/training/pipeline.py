@@ -56,9 +56,10 @@ class TrainedRun:
     model_uri: str
     result: TrainResult
     holdout_probabilities: list[float]
+    git_commit: str
 
     def summary(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "model_uri": self.model_uri, "device": self.result.device,
+        return {"run_id": self.run_id, "model_uri": self.model_uri, "device": self.result.device, "git_commit": self.git_commit,
                 "best_epoch": self.result.best_epoch, "history": [asdict(h) for h in self.result.history]}
 
 
@@ -96,7 +97,8 @@ def train_and_log(frame: pd.DataFrame, config: TrainConfig, checkpoint_dir: Path
         else:
             logits = model(tensors[0], input_ids=tensors[1], attention_mask=tensors[2])
         probabilities = torch.sigmoid(logits).numpy()
-    with mlflow.start_run(experiment_id=experiment_id, tags={**tags, "git_commit": git_commit()}) as run:
+    commit = git_commit()
+    with mlflow.start_run(experiment_id=experiment_id, tags={**tags, "git_commit": commit}) as run:
         mlflow.log_params({**asdict(config), "freeze_encoder": freeze_encoder, "hidden": hidden, "max_length": max_length,
                            "encoder": "all-MiniLM-L6-v2", "rows": len(frame)})
         for h in result.history:
@@ -111,7 +113,7 @@ def train_and_log(frame: pd.DataFrame, config: TrainConfig, checkpoint_dir: Path
         info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                        artifacts={"weights": str(weights), "spec": str(spec)},
                                        input_example=example, signature=infer_signature(example, probabilities[:3]))
-    return TrainedRun(run.info.run_id, info.model_uri, result, probabilities.tolist()), holdout
+    return TrainedRun(run.info.run_id, info.model_uri, result, probabilities.tolist(), commit), holdout
 
 
 def predict(model_uri: str, frame: pd.DataFrame) -> np.ndarray:
