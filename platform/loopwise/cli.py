@@ -32,9 +32,12 @@ app.add_typer(audit, name="audit")
 
 @app.callback()
 def _main() -> None:
+    import warnings
+
     from loopwise.secrets import install_log_redaction
 
     install_log_redaction()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not the user's concern
 
 
 def _settings() -> Settings:
