@@ -86,7 +86,7 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) -> None:
+def wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) -> None:
     import time
     import urllib.request
 
@@ -112,7 +112,7 @@ def s3_server() -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(url, proc, "moto's S3 server")
+        wait_http(url, proc, "moto's S3 server")
         yield url
     finally:
         proc.terminate()
@@ -131,7 +131,7 @@ def mlflow_server(backend_uri: str, artifact_root: str, env: dict[str, str]) -> 
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{url}/health", proc, "the MLflow server", seconds=120)
+        wait_http(f"{url}/health", proc, "the MLflow server", seconds=120)
         yield url
     finally:
         proc.terminate()
