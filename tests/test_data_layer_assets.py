@@ -45,7 +45,7 @@ def test_two_partitions_then_one_again_is_idempotent(settings: Settings, lake: L
         assert materialize(settings, instance, DAY2).success
         both = DateRange(DAY1, DAY2)
         before = counts(lake, both)
-        versions = {t: stages.silver_table(lake, s).current_version() for s in SOURCES for t in [s]}
+        versions = {s: stages.silver_table(lake, s).current_version() for s in SOURCES}
         assert materialize(settings, instance, DAY1).success
         assert counts(lake, both) == before
         assert all(before[f"silver_{s}"] > 0 for s in SOURCES)

@@ -159,18 +159,13 @@ store.consume("projector", handle)
     resumed = subprocess.run([sys.executable, "-c", script, "run"], cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert store.offset("projector") == 45
-    handled = [r.seq for r in _handled(store)]
-    assert handled == list(range(1, 46))
+    assert _handled(store) == list(range(1, 46))
 
 
-def _handled(store: EventStore) -> list:
-    class Row:
-        def __init__(self, seq: int) -> None:
-            self.seq = seq
-
+def _handled(store: EventStore) -> list[int]:
     with store._tx() as cur:  # the consumer's own projection table
         cur.execute("SELECT seq FROM handled ORDER BY seq")
-        return [Row(int(r[0])) for r in cur.fetchall()]
+        return [int(r[0]) for r in cur.fetchall()]
 
 
 def test_a_waiting_consumer_is_woken_by_a_new_event(store: EventStore, store_url) -> None:

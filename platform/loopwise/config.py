@@ -148,9 +148,6 @@ class DataPaths:
         self.mlflow = root / "mlflow"
         self.events = root / "events"
 
-    def landing_file(self, source: str, day: date, fmt: str = "csv") -> Path:
-        return self.landing / source / f"{day.isoformat()}.{fmt}"
-
 
 def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
     node = tree

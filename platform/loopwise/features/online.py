@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -155,6 +155,3 @@ def _push_redis(store: FeatureStore, view_name: str, rows: pa.Table) -> PushResu
         pipe.execute()
     return PushResult(view_name, len(frame), (len(frame) - skipped) * len(columns), skipped)
 
-
-def now() -> datetime:
-    return datetime.now(UTC)

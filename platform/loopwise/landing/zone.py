@@ -17,7 +17,6 @@ from loopwise.landing import malformed
 from loopwise.landing.synthetic import DriftSpec, generate_day
 
 FORMATS = ("csv", "parquet")
-LINE_COLUMNS = ("_line", "_landed_row", "_field_shortfall", "_extra_columns", "_key_occurrence")
 
 
 class LandingFileMissing(FileNotFoundError):

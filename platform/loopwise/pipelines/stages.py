@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from loopwise.contracts import SourceContract
 from loopwise.lake.tables import (
@@ -130,5 +129,3 @@ def quarantine_counts(lake: Lake) -> dict[str, int]:
     counts = table.read().group_by("source").aggregate([("line", "count")])
     return dict(zip(counts["source"].to_pylist(), counts["line_count"].to_pylist(), strict=True))
 
-
-__all__ = ["F"]

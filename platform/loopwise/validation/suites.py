@@ -8,7 +8,6 @@ so it is imported here, where validation runs, never when definitions load.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -19,7 +18,6 @@ from loopwise.contracts import SourceContract
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-log = logging.getLogger(__name__)
 
 TIMESTAMP_REGEX = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]) ([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
 NUMBER_REGEX = r"^-?\d+(\.\d+)?$"
