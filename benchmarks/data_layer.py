@@ -108,6 +108,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {stdlib_platform.system()} {stdlib_platform.release()}"
 
 
+def commit() -> str:
+    """The commit measured; `+dirty` when the working tree has uncommitted changes."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return head + ("+dirty" if dirty.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=10_000_000)
@@ -142,10 +149,9 @@ def main() -> None:
           f"Apache Spark {apache_t['transforms']:.1f} s, ratio {ratio_transforms:.1f}x")
     print(f"with GX validation: Sail {sail_total:.1f} s, Apache Spark {apache_total:.1f} s, "
           f"ratio {apache_total / sail_total:.1f}x")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     with RESULTS.open("a") as f:
         f.write(
-            f"\n## data_layer.py — {datetime.now():%Y-%m-%d %H:%M} — commit {commit}\n"
+            f"\n## data_layer.py — {datetime.now():%Y-%m-%d %H:%M} — commit {commit()}\n"
             f"Machine: {machine()}. Inputs: {args.orders:,} order rows, {args.tickets:,} tickets, 10 days, 0.1% malformed.\n\n"
             "| step | Sail (embedded) | Apache Spark Connect local[2] | ratio |\n|---|---|---|---|\n"
             f"| bronze + quarantine + silver transforms | {sail_t['transforms']:.1f} s | {apache_t['transforms']:.1f} s "

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_layer import machine
+from data_layer import commit, machine
 from loopwise.features import online
 from loopwise.features.store import FeastLocation, apply_repo, feature_store
 from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
@@ -127,8 +127,7 @@ def main() -> None:
         if redis_proc:
             redis_proc.terminate()
         shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    lines = [f"\n## materialize.py — {datetime.now():%Y-%m-%d %H:%M} — commit {commit}",
+    lines = [f"\n## materialize.py — {datetime.now():%Y-%m-%d %H:%M} — commit {commit()}",
              f"Machine: {machine()}. {rows.num_rows:,} offline rows ({args.customers:,} customers x {args.days} "
              "timestamps), view customer_orders (10 features).\n",
              "| online store | feast materialize | Loopwise push | ratio | values read back through Feast identical |",
