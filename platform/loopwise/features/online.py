@@ -90,8 +90,8 @@ def serialize_entity_keys(rows: pa.Table, keys: list[str]) -> list[bytes]:
     return [header + b"".join(p) for p in zip(*parts, strict=True)]
 
 
-# Value proto field tags: string_val=2, int32_val=3, int64_val=4, double_val=5, float_val=6, bool_val=7.
-_STRING_TAG, _INT32_TAG, _INT64_TAG, _DOUBLE_TAG, _FLOAT_TAG, _BOOL_TAG = 0x12, 0x18, 0x20, 0x29, 0x35, 0x38
+# Value proto field tags (field number << 3 | wire type): int32_val=3, int64_val=4, double_val=5, float_val=6, bool_val=7.
+_INT32_TAG, _INT64_TAG, _DOUBLE_TAG, _FLOAT_TAG, _BOOL_TAG = 0x18, 0x20, 0x29, 0x35, 0x38
 
 
 def _binary(offsets: np.ndarray, data: np.ndarray) -> pa.BinaryArray:
