@@ -89,13 +89,18 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
         t = time.perf_counter()
         report = validate(raw, contract)
         timings["validate"] += time.perf_counter() - t
+        steps = {}
         t = time.perf_counter()
         bad = stages.bad_rows_frame(spark, report)
         transforms.bronze(raw, bad, contract).write.mode("overwrite").parquet(str(out / f"bronze_{source}"))
+        steps["bronze"] = time.perf_counter() - t
         transforms.quarantine(raw, bad, source, datetime(2026, 3, 12)).write.mode("overwrite").parquet(str(out / f"quarantine_{source}"))
+        steps["quarantine"] = time.perf_counter() - t - sum(steps.values())
         bronze = spark.read.parquet(str(out / f"bronze_{source}"))
         transforms.SILVER[source](bronze).write.mode("overwrite").parquet(str(out / f"silver_{source}"))
+        steps["silver"] = time.perf_counter() - t - sum(steps.values())
         timings["transforms"] += time.perf_counter() - t
+        print(f"  {source}: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
         for stage in ("bronze", "quarantine", "silver"):
             sums[f"{stage}_{source}"] = checksum(spark.read.parquet(str(out / f"{stage}_{source}")))
         print(f"  {source}: {report.rows:,} rows, {report.bad_rows:,} quarantined")
