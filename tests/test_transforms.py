@@ -97,6 +97,30 @@ def test_silver_tickets_build_the_model_text(spark) -> None:
     assert row.text == "Broken kettle. It  leaks." and row.text_length == len(row.text)
 
 
+WHITESPACE_CASES = {
+    "one space": ("a b", "a b"),
+    "runs": ("a  b \t\n c", "a b c"),
+    "tab then space": ("a\t b", "a b"),
+    "space then newline": ("a \nb", "a b"),
+    "lone control": ("a\rb\x0bc\fd", "a b c d"),
+    "edges": ("  \t a b \n", "a b"),
+    "unicode spaces are text": ("a\u00a0b\u2003c", "a\u00a0b\u2003c"),
+}
+
+
+def normalized_text(spark) -> dict[str, str]:
+    rows = [(name, "C1", "2026-03-02 09:00:00", "chat", "s", body, DAY, i)
+            for i, (name, (body, _)) in enumerate(WHITESPACE_CASES.items())]
+    raw = spark.createDataFrame(rows, "ticket_id string, customer_id string, created_at string, channel string, "
+                                      "subject string, body string, partition_date date, _line long")
+    no_bad = spark.createDataFrame([], "partition_date date, _line long")
+    return {r.ticket_id: r.body for r in transforms.bronze(raw, no_bad, SOURCES["tickets"]).collect()}
+
+
+def test_bronze_collapses_whitespace_runs_as_java_regex_s_does(spark) -> None:
+    assert normalized_text(spark) == {name: want for name, (_, want) in WHITESPACE_CASES.items()}
+
+
 @pytest.mark.apache_spark
 def test_apache_spark_connect_gives_identical_results(spark, landed) -> None:
     """The same transforms on a real Apache Spark Connect server (local[2], needs Java 17)."""
@@ -109,6 +133,7 @@ def test_apache_spark_connect_gives_identical_results(spark, landed) -> None:
     apache = connect("local[2]")
     assert "sail" not in type(apache).__module__
     on_sail, on_apache = run_all(spark, landed), run_all(apache, landed)
+    on_sail["whitespace"], on_apache["whitespace"] = normalized_text(spark), normalized_text(apache)
     assert on_sail.keys() == on_apache.keys()
     for name in on_sail:
         assert on_sail[name] == on_apache[name], name

@@ -15,6 +15,11 @@ from loopwise.contracts import SourceContract
 
 # Fixed conversion rates into EUR: silver amounts are comparable across currencies.
 EUR_RATES = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17}
+# A run of whitespace that is not already one space: it becomes one space. Whitespace is Java's `\s`,
+# spelled out because Sail's (Rust) `\s` also matches Unicode spaces. Leaving lone spaces unmatched
+# gives the same text as replacing every `\s+` and is 3-4x faster on Sail.
+_SPACE = r"[ \t\n\x0B\f\r]"
+WHITESPACE_RUN = rf"[\t\n\x0B\f\r]{_SPACE}*| {_SPACE}+"
 
 def _typed(contract: SourceContract, name: str) -> Column:
     kind = contract.column(name).kind
@@ -26,7 +31,7 @@ def _typed(contract: SourceContract, name: str) -> Column:
     if kind == "bool":
         return (F.lower(col) == F.lit("true")).alias(name)
     if kind == "text":
-        return F.trim(F.regexp_replace(col, r"\s+", " ")).alias(name)
+        return F.trim(F.regexp_replace(col, WHITESPACE_RUN, " ")).alias(name)
     return F.trim(col).alias(name)
 
 
