@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=10_000_000)
     parser.add_argument("--tickets", type=int, default=1_000_000)
     parser.add_argument("--spark-memory", default="8g",
-                        help="Apache Spark's driver memory (its default, 1g, makes it 3-10x slower here)")
+                        help="Apache Spark's driver memory (Spark's own default is 1g)")
     args = parser.parse_args()
     import great_expectations  # noqa: F401 - its ~3 s import is not the engines' work
 
