@@ -66,6 +66,34 @@ def test_order_features_count_the_right_windows(spark) -> None:
     assert r.event_timestamp == datetime(2026, 3, 3)  # the end of the as-of day
 
 
+def half_boundary_features(spark) -> tuple:
+    """Means and rates exactly on a rounding boundary, where a double average tips either way."""
+    from loopwise.features import tables
+
+    day = date(2026, 3, 1)
+    rows = [("A", day, 0.01, False, False), ("A", day, 0.02, False, False),
+            ("B", day, 10.00, False, False), ("B", day, 10.01, False, False)]
+    rows += [("C", day, 1.0, i < 3, False) for i in range(160)]  # 3/160 = 0.01875 refunded
+    orders = spark.createDataFrame(rows, "customer_id string, order_date date, amount_eur double, "
+                                         "is_refunded boolean, is_cancelled boolean")
+    out = tables.customer_order_features(orders, tables.first_order_dates(orders), DateRange.of(day)).collect()
+    by = {r.customer_id: r for r in out}
+    return by["A"].amount_eur_mean_90d, by["B"].amount_eur_mean_90d, by["C"].refund_rate_90d
+
+
+def test_means_and_rates_round_half_up_exactly(spark) -> None:
+    assert half_boundary_features(spark) == (0.02, 10.01, 0.0188)
+
+
+@pytest.mark.apache_spark
+def test_apache_spark_rounds_feature_boundaries_the_same(spark) -> None:
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: the Apache Spark Connect server cannot start")
+    from loopwise.spark import connect
+
+    assert half_boundary_features(connect("local[2]")) == half_boundary_features(spark) == (0.02, 10.01, 0.0188)
+
+
 def test_escalation_counts_only_outcomes_known_by_the_as_of_day(spark) -> None:
     from loopwise.features import tables
 

@@ -33,6 +33,23 @@ def _within(days: int) -> Column:
     return F.col("age_days") < days
 
 
+def _rounded_ratio(numerator: Column, denominator: Column, places: int) -> Column:
+    """numerator / denominator (whole, non-negative) rounded half up to `places` decimals, exactly.
+
+    `round(avg(x), n)` over doubles lands on either side of a .5 boundary depending on the engine
+    and the summation order; this integer form gives the same value on every engine and run.
+    Null when the denominator is 0.
+    """
+    scale = 10**places
+    quotient = F.floor((numerator * (2 * scale) + denominator) / (denominator * 2))
+    return F.when(denominator > 0, quotient / F.lit(float(scale)))
+
+
+def _cents(amount: Column) -> Column:
+    """A two-decimal amount as whole cents (silver amounts are rounded to cents)."""
+    return F.round(amount * 100).cast("long")
+
+
 def _stamp(df: DataFrame) -> DataFrame:
     return (df.withColumn("event_timestamp", F.to_timestamp(F.date_add(F.col("as_of"), 1)))
               .withColumnRenamed("as_of", "partition_date"))
@@ -45,17 +62,19 @@ def customer_order_features(orders: DataFrame, first_orders: DataFrame, window: 
     each customer's first order date ever (for tenure).
     """
     daily = _as_of_days(orders, "order_date", window)
-    count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0))
-    amount = lambda days: F.sum(F.when(_within(days), F.col("amount_eur")).otherwise(0.0))
+    count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0)).cast("long")
+    cents = _cents(F.col("amount_eur"))
+    n = F.count(F.lit(1))
+    rate = lambda flag: _rounded_ratio(F.sum(F.col(flag).cast("long")), F.count(flag), 4)  # avg() semantics: nulls skipped
     features = daily.groupBy("customer_id", "as_of").agg(
-        count(7).cast("long").alias("orders_7d"),
-        count(30).cast("long").alias("orders_30d"),
-        F.count(F.lit(1)).cast("long").alias("orders_90d"),
-        F.round(amount(30), 2).alias("amount_eur_sum_30d"),
-        F.round(F.sum("amount_eur"), 2).alias("amount_eur_sum_90d"),
-        F.round(F.avg("amount_eur"), 2).alias("amount_eur_mean_90d"),
-        F.round(F.avg(F.col("is_refunded").cast("double")), 4).alias("refund_rate_90d"),
-        F.round(F.avg(F.col("is_cancelled").cast("double")), 4).alias("cancel_rate_90d"),
+        count(7).alias("orders_7d"),
+        count(30).alias("orders_30d"),
+        n.cast("long").alias("orders_90d"),
+        (F.sum(F.when(_within(30), cents).otherwise(0)) / 100.0).alias("amount_eur_sum_30d"),
+        (F.sum(cents) / 100.0).alias("amount_eur_sum_90d"),
+        _rounded_ratio(F.sum(cents), n * 100, 2).alias("amount_eur_mean_90d"),
+        rate("is_refunded").alias("refund_rate_90d"),
+        rate("is_cancelled").alias("cancel_rate_90d"),
         F.min("age_days").cast("long").alias("days_since_last_order"),
     )
     tenure = F.datediff(F.col("as_of"), F.col("first_order_date")).cast("long")
@@ -75,8 +94,9 @@ def customer_support_features(tickets: DataFrame, outcomes: DataFrame, window: D
     """
     daily_tickets = _as_of_days(tickets, "created_date", window)
     count = lambda days: F.sum(F.when(_within(days), 1).otherwise(0))
-    shares = [F.round(F.avg(F.when(_within(30), (F.col("channel") == c).cast("double"))), 4).alias(f"share_{c}_30d")
-              for c in CHANNELS]
+    recent = F.count(F.when(_within(30), F.col("channel")))
+    shares = [_rounded_ratio(F.sum(F.when(_within(30), (F.col("channel") == c).cast("long")).otherwise(0)), recent, 4)
+              .alias(f"share_{c}_30d") for c in CHANNELS]
     ticket_features = daily_tickets.groupBy("customer_id", "as_of").agg(
         count(7).cast("long").alias("tickets_7d"), count(30).cast("long").alias("tickets_30d"),
         F.count(F.lit(1)).cast("long").alias("tickets_90d"), *shares)
@@ -86,7 +106,7 @@ def customer_support_features(tickets: DataFrame, outcomes: DataFrame, window: D
     outcome_features = daily_outcomes.groupBy("customer_id", "as_of").agg(
         F.sum(F.col("escalated").cast("long")).alias("escalations_90d"),
         F.count(F.lit(1)).cast("long").alias("resolved_tickets_90d"),
-        F.round(F.avg(F.col("escalated").cast("double")), 4).alias("escalation_rate_90d"))
+        _rounded_ratio(F.sum(F.col("escalated").cast("long")), F.count("escalated"), 4).alias("escalation_rate_90d"))
     joined = ticket_features.join(outcome_features, ["customer_id", "as_of"], "full_outer")
     filled = joined.fillna(0, subset=["tickets_7d", "tickets_30d", "tickets_90d", "escalations_90d",
                                       "resolved_tickets_90d"])
