@@ -15,6 +15,15 @@ from dataclasses import dataclass
 
 import pytest
 
+# pyspark's local mode (`remote("local[2]")`) leaves its client state in os.environ: a child process
+# inheriting SPARK_CONNECT_AUTHENTICATE_TOKEN sends it to the embedded Sail server and hangs.
+_PYSPARK_LOCAL_STATE = ("SPARK_CONNECT_AUTHENTICATE_TOKEN", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child process, without pyspark's local-mode state, plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k not in _PYSPARK_LOCAL_STATE}, **extra}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -128,7 +137,7 @@ def mlflow_server(backend_uri: str, artifact_root: str, env: dict[str, str]) -> 
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", backend_uri, "--default-artifact-root", artifact_root,
                              "--no-serve-artifacts", "--workers", "1"],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=child_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", proc, "the MLflow server", seconds=120)

@@ -1,6 +1,5 @@
 """The Dagster webserver on loopback, in headless Chromium: every asset appears on the asset graph."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, wait_http
+from tests.services import child_env, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def webserver(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "LOOPWISE_DATA_DIR": str(tmp_path / "data")}
+    env = child_env(DAGSTER_HOME=str(tmp_path / "dagster"), LOOPWISE_DATA_DIR=str(tmp_path / "data"))
     (tmp_path / "dagster").mkdir()
     (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     log = open(tmp_path / "webserver.log", "w")

@@ -16,6 +16,7 @@ from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
 from loopwise.pipelines import stages
 
 from tests.conftest import DAY1
+from tests.services import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,12 +54,12 @@ def test_sigkill_mid_write_keeps_the_last_committed_version(settings: Settings, 
     assert (silver.current_version(), silver.count()) == (0, 1000)
 
     overwrite_partitions_arrow(bronze_orders(3_000_000), stages.bronze_table(lake, "orders"), window)
-    env = {**os.environ, "DAGSTER_HOME": str(settings.paths.dagster_home)}
+    env = child_env(DAGSTER_HOME=str(settings.paths.dagster_home))
     settings.paths.dagster_home.mkdir(parents=True)
     cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "definitions",
            "--select", "silver_orders", "--partition", DAY1.isoformat()]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = (settings.paths.dagster_home / "killed-run.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     table_dir = Path(silver.uri)
     before = committed_files(table_dir)
     killed_after: set[str] = set()
@@ -70,8 +71,12 @@ def test_sigkill_mid_write_keeps_the_last_committed_version(settings: Settings, 
             killed_after = written - before
             break
         time.sleep(0.002)
+    if proc.poll() is None and not killed_after:
+        os.killpg(proc.pid, signal.SIGKILL)  # timed out: stop it before reporting
     proc.wait(timeout=30)
-    assert killed_after, "the materialization finished or timed out before it wrote a data file"
+    log.close()
+    output = Path(log.name).read_text()[-3000:]
+    assert killed_after, f"the materialization finished or timed out before it wrote a data file:\n{output}"
     assert proc.returncode == -signal.SIGKILL
 
     # Data files of the killed write lie on disk, but no commit references them.

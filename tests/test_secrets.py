@@ -15,6 +15,7 @@ from loopwise.secrets import SecretMissing, get_secret, redact
 from resources import EventStoreResource
 from sensors import audit_trail_sensor
 from tests.conftest import DAY1, PLANTED_SECRET
+from tests.services import child_env
 from tests.test_data_layer_assets import materialize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def test_the_planted_secret_never_appears_in_any_output(postgres, tmp_path: Path
     outputs: list[str] = []
 
     def cli(*args: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "loopwise.cli", *args], cwd=ROOT, env={**os.environ, **env},
+        done = subprocess.run([sys.executable, "-m", "loopwise.cli", *args], cwd=ROOT, env=child_env(**env),
                               capture_output=True, text=True)
         outputs.extend([done.stdout, done.stderr])
 
@@ -86,7 +87,7 @@ def test_the_planted_secret_never_appears_in_any_output(postgres, tmp_path: Path
     outputs.append((tmp_path / "audit.jsonl").read_text())
     # A connection failure's error message.
     bad = subprocess.run([sys.executable, "-m", "loopwise.cli", "audit", "verify"], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, **env, "LOOPWISE__EVENTS__URL": postgres.url.replace("/postgres", "/nosuchdb")})
+                         text=True, env=child_env(**env, LOOPWISE__EVENTS__URL=postgres.url.replace("/postgres", "/nosuchdb")))
     outputs.extend([bad.stdout, bad.stderr])
     assert bad.returncode != 0 and "nosuchdb" in bad.stderr
 
