@@ -87,7 +87,7 @@ def test_the_planted_secret_never_appears_in_any_output(postgres, tmp_path: Path
     outputs.append((tmp_path / "audit.jsonl").read_text())
     # A connection failure's error message.
     bad = subprocess.run([sys.executable, "-m", "loopwise.cli", "audit", "verify"], cwd=ROOT, capture_output=True,
-                         text=True, env=child_env(**env, LOOPWISE__EVENTS__URL=postgres.url.replace("/postgres", "/nosuchdb")))
+                         text=True, env=child_env(**{**env, "LOOPWISE__EVENTS__URL": postgres.url.replace("/postgres", "/nosuchdb")}))
     outputs.extend([bad.stdout, bad.stderr])
     assert bad.returncode != 0 and "nosuchdb" in bad.stderr
 
