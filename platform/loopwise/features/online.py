@@ -48,7 +48,7 @@ class EncodedRows:
     view: str
     entity_keys: pa.BinaryArray  # Feast's serialized entity keys, ascending
     values: dict[str, pa.BinaryArray]  # serialized ValueProto per feature; b"" is a null (an empty Value)
-    texts: dict[str, pa.StringArray]  # value_text as Feast's SQLite store writes it
+    texts: dict[str, pa.StringArray]  # value_text as Feast's SQLite store writes it (empty for Redis, which has none)
     event_times: pa.TimestampArray  # UTC, one per entity
 
     @property
@@ -145,7 +145,8 @@ def _feast_type_name(dtype: Any) -> str:
     return names[dtype]
 
 
-def encode_values(column: pa.ChunkedArray | pa.Array, dtype: Any) -> tuple[pa.BinaryArray, pa.StringArray]:
+def encode_values(column: pa.ChunkedArray | pa.Array, dtype: Any,
+                  with_texts: bool = True) -> tuple[pa.BinaryArray, pa.StringArray | None]:
     """Serialized ValueProto and value_text of every value, as Feast writes them; null and NaN are null."""
     from feast.protos.feast.types.Value_pb2 import Value
 
@@ -169,12 +170,12 @@ def encode_values(column: pa.ChunkedArray | pa.Array, dtype: Any) -> tuple[pa.Bi
     else:
         numbers = filled.to_numpy(zero_copy_only=False).astype(np.float64 if kind == "float64" else np.float32)
         values = _tagged_fixed(_DOUBLE_TAG if kind == "float64" else _FLOAT_TAG, numbers)
-        texts = _float_texts(numbers)
-    null_text = pa.scalar(None, pa.string())
-    return pc.if_else(valid, values, pa.scalar(b"", pa.binary())), pc.if_else(valid, texts, null_text)
+        texts = _float_texts(numbers) if with_texts else None
+    values = pc.if_else(valid, values, pa.scalar(b"", pa.binary()))
+    return values, pc.if_else(valid, texts, pa.scalar(None, pa.string())) if with_texts else None
 
 
-def encode(store: FeatureStore, view_name: str, rows: pa.Table) -> EncodedRows:
+def encode(store: FeatureStore, view_name: str, rows: pa.Table, with_texts: bool = True) -> EncodedRows:
     """The newest row per entity of `rows` for `view_name`, encoded and sorted by serialized entity key."""
     view = store.get_feature_view(view_name)
     if view.batch_source.created_timestamp_column:
@@ -189,13 +190,13 @@ def encode(store: FeatureStore, view_name: str, rows: pa.Table) -> EncodedRows:
     entity_keys = pa.array(serialize_entity_keys(newest, keys), pa.binary())
     order = pc.sort_indices(entity_keys)
     newest = newest.take(order)
-    encoded = {f.name: encode_values(newest[f.name], f.dtype) for f in view.features}
+    encoded = {f.name: encode_values(newest[f.name], f.dtype, with_texts) for f in view.features}
     times = pc.cast(newest[view.batch_source.timestamp_field], pa.timestamp("us", "UTC")).combine_chunks()
     return EncodedRows(
         view=_versioned_name(store, view),
         entity_keys=entity_keys.take(order),
         values={name: v for name, (v, _) in encoded.items()},
-        texts={name: t for name, (_, t) in encoded.items()},
+        texts={name: t for name, (_, t) in encoded.items()} if with_texts else {},
         event_times=times,
     )
 
@@ -211,8 +212,10 @@ def push(store: FeatureStore, view_name: str, rows: pa.Table) -> PushResult:
     kind = type(store.config.online_store).__name__
     if kind not in ("SqliteOnlineStoreConfig", "RedisOnlineStoreConfig"):
         raise NotImplementedError(f"no fast online push for {kind}; use feast materialize")
-    encoded = encode(store, view_name, rows)
-    result = _write_sqlite(store, encoded) if kind == "SqliteOnlineStoreConfig" else _write_redis(store, encoded)
+    if kind == "SqliteOnlineStoreConfig":
+        result = _write_sqlite(store, encode(store, view_name, rows))
+    else:
+        result = _write_redis(store, encode(store, view_name, rows, with_texts=False))
     log.info("pushed %s: %d entities, %d values (%d entities already newer online)", view_name, result.entities,
              result.values, result.skipped_older)
     return result
