@@ -11,7 +11,31 @@ from loopwise.config import Settings, load_settings
 from loopwise.lake.tables import Lake
 
 DAY1, DAY2 = date(2026, 3, 2), date(2026, 3, 3)
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+_UNTRACKED = pytest.StashKey[set[str]]()
+
+
+def _untracked_files() -> set[str]:
+    """Files in the source tree that git neither tracks nor ignores (empty outside a git checkout)."""
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(REPO), "ls-files", "--others", "--exclude-standard"],
+                          capture_output=True, text=True)
+    return set(done.stdout.splitlines()) if done.returncode == 0 else set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_UNTRACKED] = _untracked_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when anything wrote into the source tree: the platform writes under its data root only."""
+    written = sorted(_untracked_files() - session.config.stash.get(_UNTRACKED, set()))
+    if written:
+        print(f"\nFAILED: the tests wrote into the source tree (everything belongs under the data root): {written}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 
 @pytest.fixture
@@ -34,6 +58,26 @@ def spark() -> Iterator[object]:
     from loopwise.spark import connect
 
     yield connect(None)
+
+
+def engine_version(session: object) -> str:
+    """The version the server reports: Sail's own (0.x) or Apache Spark's (4.x and its commit)."""
+    return session.range(1).selectExpr("version() AS v").collect()[0]["v"]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def apache_spark(spark: object) -> object:
+    """A real Apache Spark Connect server (local[2], needs Java 17), proven not to be Sail."""
+    import shutil
+
+    from loopwise.spark import connect
+
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: the Apache Spark Connect server cannot start")
+    session = connect("local[2]")
+    assert engine_version(session).startswith("4."), engine_version(session)
+    assert engine_version(spark) != engine_version(session)
+    return session
 
 
 @pytest.fixture(scope="session")

@@ -86,12 +86,8 @@ def test_means_and_rates_round_half_up_exactly(spark) -> None:
 
 
 @pytest.mark.apache_spark
-def test_apache_spark_rounds_feature_boundaries_the_same(spark) -> None:
-    if shutil.which("java") is None:
-        pytest.skip("Java is not installed: the Apache Spark Connect server cannot start")
-    from loopwise.spark import connect
-
-    assert half_boundary_features(connect("local[2]")) == half_boundary_features(spark) == (0.02, 10.01, 0.0188)
+def test_apache_spark_rounds_feature_boundaries_the_same(spark, apache_spark) -> None:
+    assert half_boundary_features(apache_spark) == half_boundary_features(spark) == (0.02, 10.01, 0.0188)
 
 
 def test_escalation_counts_only_outcomes_known_by_the_as_of_day(spark) -> None:

@@ -122,19 +122,38 @@ def test_bronze_collapses_whitespace_runs_as_java_regex_s_does(spark) -> None:
 
 
 @pytest.mark.apache_spark
-def test_apache_spark_connect_gives_identical_results(spark, landed) -> None:
+def test_apache_spark_connect_gives_identical_results(spark, apache_spark, landed) -> None:
     """The same transforms on a real Apache Spark Connect server (local[2], needs Java 17)."""
-    import shutil
-
-    if shutil.which("java") is None:
-        pytest.skip("Java is not installed: the Apache Spark Connect server cannot start")
-    from loopwise.spark import connect
-
-    apache = connect("local[2]")
-    assert "sail" not in type(apache).__module__
+    apache = apache_spark
     on_sail, on_apache = run_all(spark, landed), run_all(apache, landed)
     on_sail["whitespace"], on_apache["whitespace"] = normalized_text(spark), normalized_text(apache)
     assert on_sail.keys() == on_apache.keys()
     for name in on_sail:
         assert on_sail[name] == on_apache[name], name
     assert all(on_sail[k] for k in on_sail)  # nothing compared vacuously
+
+
+ENGINE_ORDER_SCRIPT = """
+import atexit, json
+from loopwise.spark import connect
+apache = connect("local[2]")
+sail = connect(None)
+print(json.dumps([s.range(1).selectExpr("version() AS v").collect()[0]["v"] for s in (apache, sail, connect("local[2]"))]))
+"""
+
+
+@pytest.mark.apache_spark
+def test_each_engine_gets_its_own_session_in_either_order_and_the_process_exits(apache_spark) -> None:
+    """Apache Spark first, then Sail, in a fresh process (the fixture did Sail first here)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.services import child_env
+
+    done = subprocess.run([sys.executable, "-c", ENGINE_ORDER_SCRIPT], capture_output=True, text=True,
+                          timeout=240, env=child_env())  # a hang at exit (a stop against a dead server) times out
+    assert done.returncode == 0, done.stderr[-3000:]
+    apache, sail, apache_again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert apache.startswith("4.") and apache_again == apache
+    assert sail == pytest.importorskip("pysail").__version__.split("+")[0] != apache

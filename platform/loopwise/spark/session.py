@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import secrets
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _sail_server: object | None = None
+_local_server: Any = None  # the classic session whose plugin serves a local Apache Spark Connect server
 _sessions: dict[str, SparkSession] = {}
 
 
@@ -37,22 +40,17 @@ def _sail_url() -> str:
 def connect(remote: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
     """A session on `remote`, or on the embedded Sail server when `remote` is empty.
 
-    `conf` applies when this call starts a local Apache Spark server (e.g. spark.driver.memory).
+    Each URL gets its own session, whatever was connected before in this process. `conf` applies
+    when this call starts a local Apache Spark server (e.g. spark.driver.memory).
     """
-    from pyspark.sql import SparkSession
-
     with _lock:
         url = remote or _sail_url()
         session = _sessions.get(url)
         if session is None:
-            builder = SparkSession.builder.remote(url)
             if url.startswith("local"):
-                builder = builder.config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
-                for key, value in (conf or {}).items():
-                    builder = builder.config(key, value)
-                session = builder.getOrCreate()
+                session = _start_local(url, conf or {})
             else:
-                session = builder.create()
+                session = _open(url, token_from_env=bool(remote))
             # Landed timestamps carry no zone and are read as UTC on every engine; Sail would
             # otherwise stamp them with the machine's zone name and refuse unions with the table's.
             session.conf.set("spark.sql.session.timeZone", "UTC")
@@ -60,9 +58,60 @@ def connect(remote: str | None = None, conf: dict[str, str] | None = None) -> Sp
         return session
 
 
+def _open(url: str, token_from_env: bool = True) -> SparkSession:
+    """A new session on a Spark Connect server at `url` (`sc://...`).
+
+    pyspark takes a token missing from the URL from SPARK_CONNECT_AUTHENTICATE_TOKEN, and a token
+    turns the channel into TLS: right for a user's server, wrong for the embedded Sail server (no
+    TLS, no token), where a token left in the environment would hang every call.
+    """
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    class UrlOnlyChannel(DefaultChannelBuilder):
+        @property
+        def token(self) -> str | None:
+            return self._params.get(DefaultChannelBuilder.PARAM_TOKEN)
+
+    channel = DefaultChannelBuilder(url) if token_from_env else UrlOnlyChannel(url)
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"  # pyspark.sql.functions then build Connect columns
+    return ConnectSession.builder.channelBuilder(channel).create()
+
+
+def _start_local(url: str, conf: dict[str, str]) -> SparkSession:
+    """Start a real Apache Spark Connect server from the pip package and open a session on it.
+
+    The server takes a free port (several processes may each run one) and its token stays out of
+    this process's environment once the JVM has it, so child processes and other sessions never
+    pick it up. pyspark's own local mode would listen on 15002 and hand back the process's
+    default Connect session when there is one (Sail's, if Sail was connected first).
+    """
+    from pyspark.sql import SparkSession as ClassicSession
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    given = os.environ.get("SPARK_CONNECT_AUTHENTICATE_TOKEN")
+    token = os.environ["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = given or secrets.token_urlsafe(24)
+    connect_mode = os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)  # the server is a classic session
+    try:
+        ConnectSession._start_connect_server(url, {
+            "spark.ui.enabled": "false", "spark.connect.grpc.binding.port": "0", **conf})
+    finally:
+        if given is None:
+            del os.environ["SPARK_CONNECT_AUTHENTICATE_TOKEN"]
+        if connect_mode is not None:
+            os.environ["SPARK_CONNECT_MODE_ENABLED"] = connect_mode
+    global _local_server
+    _local_server = ClassicSession._instantiatedSession
+    service = getattr(_local_server._jvm, "org.apache.spark.sql.connect.service.SparkConnectService$")
+    port = getattr(service, "MODULE$").localPort()
+    session = _open(f"sc://localhost:{port}/;token={token}")
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    return session
+
+
 def stop() -> None:
     """Stop every session and the embedded server (called at exit)."""
-    global _sail_server
+    global _sail_server, _local_server
     with _lock:
         for session in _sessions.values():
             try:
@@ -70,6 +119,9 @@ def stop() -> None:
             except Exception as exc:  # a dead server must not block shutdown
                 log.debug("ignoring error while stopping a Spark session: %s", exc)
         _sessions.clear()
+        if _local_server is not None:
+            _local_server.stop()
+            _local_server = None
         if _sail_server is not None:
             _sail_server.stop()  # type: ignore[attr-defined]
             _sail_server = None
