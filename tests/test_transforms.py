@@ -88,6 +88,28 @@ def test_silver_orders_convert_to_eur_and_flag_status(spark) -> None:
     assert rows["O2"].amount_eur == pytest.approx(11.7) and rows["O2"].order_date == DAY
 
 
+EUR_CASES = {  # amount, currency -> EUR, rounded half up from the exact product
+    "half cent": (Decimal("43.50"), "GBP", 50.90),  # 50.895: in doubles 50.894999..., which rounded down on Apache Spark
+    "below half": (Decimal("0.04"), "GBP", 0.05),  # 0.0468
+    "exact": (Decimal("1.25"), "USD", 1.15),
+    "large": (Decimal("9999999999.99"), "USD", 9199999999.99),  # 9199999999.9908
+    "unknown currency": (Decimal("5.00"), "JPY", None),
+}
+
+
+def eur_amounts(spark) -> dict[str, float | None]:
+    bronze = spark.createDataFrame(
+        [(name, "C1", datetime(2026, 3, 2, 10), amount, currency, "completed", DAY, 1)
+         for name, (amount, currency, _) in EUR_CASES.items()],
+        "order_id string, customer_id string, ordered_at timestamp, amount decimal(12,2), currency string, "
+        "status string, partition_date date, _line long")
+    return {r.order_id: r.amount_eur for r in transforms.silver_orders(bronze).collect()}
+
+
+def test_silver_eur_amounts_round_the_exact_product_half_up(spark) -> None:
+    assert eur_amounts(spark) == {name: want for name, (_, _, want) in EUR_CASES.items()}
+
+
 def test_silver_tickets_build_the_model_text(spark) -> None:
     bronze = spark.createDataFrame(
         [("T1", "C1", datetime(2026, 3, 2, 9), "chat", "Broken kettle", "It  leaks.", DAY, 1)],
@@ -127,6 +149,7 @@ def test_apache_spark_connect_gives_identical_results(spark, apache_spark, lande
     apache = apache_spark
     on_sail, on_apache = run_all(spark, landed), run_all(apache, landed)
     on_sail["whitespace"], on_apache["whitespace"] = normalized_text(spark), normalized_text(apache)
+    on_sail["eur"], on_apache["eur"] = sorted(eur_amounts(spark).items()), sorted(eur_amounts(apache).items())
     assert on_sail.keys() == on_apache.keys()
     for name in on_sail:
         assert on_sail[name] == on_apache[name], name

@@ -7,14 +7,17 @@ the results can be compared row for row.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from loopwise.contracts import SourceContract
 
-# Fixed conversion rates into EUR: silver amounts are comparable across currencies.
-EUR_RATES = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17}
+# Fixed conversion rates into EUR: silver amounts are comparable across currencies. Decimal, so
+# that amount x rate is exact and rounds half up alike on every engine (in doubles, 43.50 x 1.17
+# is 50.894999...: Apache Spark rounded it to 50.89, Sail to 50.90).
+EUR_RATES = {"EUR": Decimal("1.00"), "USD": Decimal("0.92"), "GBP": Decimal("1.17")}
 # A run of whitespace that is not already one space: it becomes one space. Whitespace is Java's `\s`,
 # spelled out because Sail's (Rust) `\s` also matches Unicode spaces. Leaving lone spaces unmatched
 # gives the same text as replacing every `\s+` and is 3-4x faster on Sail.
@@ -74,7 +77,7 @@ def silver_orders(bronze_orders: DataFrame) -> DataFrame:
         F.to_date("ordered_at").alias("order_date"),
         "amount",
         "currency",
-        F.round(F.col("amount").cast("double") * _eur_rate(F.col("currency")), 2).alias("amount_eur"),
+        F.round(F.col("amount") * _eur_rate(F.col("currency")), 2).cast("double").alias("amount_eur"),
         "status",
         (F.col("status") == "refunded").alias("is_refunded"),
         (F.col("status") == "cancelled").alias("is_cancelled"),
