@@ -4,7 +4,8 @@ Also the feature layer's order features from the silver orders (a windowed aggre
 
 Both engines run the same code from `loopwise.pipelines` on the same raw inputs (10 M order rows
 and 1 M tickets over ten days, 0.1% malformed) read from Parquet, and write Parquet (Apache
-Spark here has no Delta JAR: Maven is unreachable), so they do identical work. A checksum of
+Spark here has no Delta JAR: Maven is unreachable), snappy-compressed as the lake's Delta files are
+on both engines (Sail's plain Parquet default is zstd), so they do identical work. A checksum of
 every output row proves identical results. Appends the timings and ratios to RESULTS.md.
 
     python benchmarks/data_layer.py [--orders 10000000] [--tickets 1000000] [--spark-memory 8g]
@@ -98,6 +99,11 @@ def daily_customer_totals(orders: DataFrame) -> DataFrame:
             .agg(F.count(F.lit(1)).alias("orders"), F.sum(F.col("amount").cast("decimal(12,2)")).alias("amount")))
 
 
+def save(df: DataFrame, path: str) -> None:
+    """Overwrite `path` with `df` as snappy Parquet, the codec of the lake's Delta files on both engines."""
+    df.write.mode("overwrite").option("compression", "snappy").parquet(path)
+
+
 def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
     timings: dict[str, float] = {"validate": 0.0, "transforms": 0.0}
     sums: dict[str, tuple[int, int]] = {}
@@ -110,12 +116,12 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
         steps = {}
         t = time.perf_counter()
         bad = stages.bad_rows_frame(spark, report)
-        transforms.bronze(raw, bad, contract).write.mode("overwrite").parquet(str(out / f"bronze_{source}"))
+        save(transforms.bronze(raw, bad, contract), str(out / f"bronze_{source}"))
         steps["bronze"] = time.perf_counter() - t
-        transforms.quarantine(raw, bad, source, datetime(2026, 3, 12)).write.mode("overwrite").parquet(str(out / f"quarantine_{source}"))
+        save(transforms.quarantine(raw, bad, source, datetime(2026, 3, 12)), str(out / f"quarantine_{source}"))
         steps["quarantine"] = time.perf_counter() - t - sum(steps.values())
         bronze = spark.read.parquet(str(out / f"bronze_{source}"))
-        transforms.SILVER[source](bronze).write.mode("overwrite").parquet(str(out / f"silver_{source}"))
+        save(transforms.SILVER[source](bronze), str(out / f"silver_{source}"))
         steps["silver"] = time.perf_counter() - t - sum(steps.values())
         timings["transforms"] += time.perf_counter() - t
         print(f"  {source}: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
@@ -123,7 +129,7 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
             sums[f"{stage}_{source}"] = checksum(spark.read.parquet(str(out / f"{stage}_{source}")))
         print(f"  {source}: {report.rows:,} rows, {report.bad_rows:,} quarantined")
     t = time.perf_counter()
-    daily_customer_totals(spark.read.parquet(str(inputs["orders"]))).write.mode("overwrite").parquet(str(out / "daily_totals"))
+    save(daily_customer_totals(spark.read.parquet(str(inputs["orders"]))), str(out / "daily_totals"))
     timings["daily_totals"] = time.perf_counter() - t
     sums["daily_totals"] = checksum(spark.read.parquet(str(out / "daily_totals")))
     print(f"  daily per-customer totals of the raw orders: {timings['daily_totals']:.1f} s")
@@ -131,8 +137,7 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
     silver = spark.read.parquet(str(out / "silver_orders"))
     t = time.perf_counter()
     window = DateRange(START, START + timedelta(days=DAYS - 1))
-    (tables.customer_order_features(silver, tables.first_order_dates(silver), window)
-     .write.mode("overwrite").parquet(str(out / "features_orders")))
+    save(tables.customer_order_features(silver, tables.first_order_dates(silver), window), str(out / "features_orders"))
     timings["features"] = time.perf_counter() - t
     sums["features_orders"] = checksum(spark.read.parquet(str(out / "features_orders")))
     print(f"  order features (7/30/90-day windows, every day): {timings['features']:.1f} s")
