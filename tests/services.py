@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-# pyspark's local mode (`remote("local[2]")`) leaves its client state in os.environ: a child process
-# inheriting SPARK_CONNECT_AUTHENTICATE_TOKEN sends it to the embedded Sail server and hangs.
+# pyspark keeps Connect client state in os.environ (SPARK_CONNECT_MODE_ENABLED; pyspark's own local
+# mode also its server's token, which sent to the embedded Sail server hangs the child): a child
+# process starts from a clean environment instead.
 _PYSPARK_LOCAL_STATE = ("SPARK_CONNECT_AUTHENTICATE_TOKEN", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED")
 
 
