@@ -157,7 +157,7 @@ def test_apache_spark_connect_gives_identical_results(spark, apache_spark, lande
 
 
 ENGINE_ORDER_SCRIPT = """
-import atexit, json
+import json
 from loopwise.spark import connect
 apache = connect("local[2]")
 sail = connect(None)
@@ -172,6 +172,8 @@ def test_each_engine_gets_its_own_session_in_either_order_and_the_process_exits(
     import subprocess
     import sys
 
+    import pysail
+
     from tests.services import child_env
 
     done = subprocess.run([sys.executable, "-c", ENGINE_ORDER_SCRIPT], capture_output=True, text=True,
@@ -179,4 +181,4 @@ def test_each_engine_gets_its_own_session_in_either_order_and_the_process_exits(
     assert done.returncode == 0, done.stderr[-3000:]
     apache, sail, apache_again = json.loads(done.stdout.strip().splitlines()[-1])
     assert apache.startswith("4.") and apache_again == apache
-    assert sail == pytest.importorskip("pysail").__version__.split("+")[0] != apache
+    assert sail == pysail.__version__.split("+")[0] != apache
