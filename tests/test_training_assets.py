@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 from loopwise.config import Settings
+from loopwise.contracts import SOURCES
 from loopwise.events import open_store
 from loopwise.landing import zone
 from loopwise.lineage import model_lineage
@@ -58,6 +59,7 @@ def test_train_evaluate_register_and_trace_back_to_raw(settings: Settings, lake,
     assert chain["feature service"].detail == "escalation_v1"
     assert chain["training_set"].runs and chain["training_set"].runs[0]
     assert "silver_tickets" in chain and "features_customer_orders" in chain
+    assert {f"{stage}_{source}" for stage in ("silver", "bronze", "raw") for source in SOURCES} <= chain.keys()
     assert f"partitions {DAY1}..{DAY2}" in chain["raw_tickets"].detail
     assert chain["raw_tickets"].runs, "the Dagster run that materialized the raw partitions"
 

@@ -64,9 +64,12 @@ def model_lineage(tracking_uri: str, store: EventStore, lake: Lake, ref: str) ->
     ]
     for table, table_version in sorted(inputs.items()):
         steps.append(Step(table, f"Delta version {table_version}", _runs(store, table, days)))
-    for stage in ("bronze", "raw"):
+    # Tables upstream of the training set's inputs (silver_orders feeds the order features).
+    for stage in ("silver", "bronze", "raw"):
         for source in SOURCES:
             table = lake.table(f"{stage}_{source}")
+            if table.name in inputs:
+                continue
             steps.append(Step(table.name, f"Delta version {table.current_version()} (at lineage time), "
                                           f"partitions {start}..{end}", _runs(store, table.name, days)))
     return Lineage(name, version, steps)
