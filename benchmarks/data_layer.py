@@ -32,7 +32,7 @@ from loopwise.features import tables
 from loopwise.lake.tables import DateRange
 from loopwise.landing.synthetic import generate_day
 from loopwise.pipelines import stages, transforms
-from loopwise.spark import connect
+from loopwise.spark import connect, engine_version
 from loopwise.validation.suites import validate
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -128,26 +128,21 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
         for stage in ("bronze", "quarantine", "silver"):
             sums[f"{stage}_{source}"] = checksum(spark.read.parquet(str(out / f"{stage}_{source}")))
         print(f"  {source}: {report.rows:,} rows, {report.bad_rows:,} quarantined")
-    t = time.perf_counter()
-    save(daily_customer_totals(spark.read.parquet(str(inputs["orders"]))), str(out / "daily_totals"))
-    timings["daily_totals"] = time.perf_counter() - t
-    sums["daily_totals"] = checksum(spark.read.parquet(str(out / "daily_totals")))
-    print(f"  daily per-customer totals of the raw orders: {timings['daily_totals']:.1f} s")
-    # The feature layer's windowed aggregation over the silver orders.
     silver = spark.read.parquet(str(out / "silver_orders"))
-    t = time.perf_counter()
     window = DateRange(START, START + timedelta(days=DAYS - 1))
-    save(tables.customer_order_features(silver, tables.first_order_dates(silver), window), str(out / "features_orders"))
-    timings["features"] = time.perf_counter() - t
-    sums["features_orders"] = checksum(spark.read.parquet(str(out / "features_orders")))
-    print(f"  order features (7/30/90-day windows, every day): {timings['features']:.1f} s")
+    extra = {  # timed apart from the total
+        "daily_totals": ("daily per-customer totals of the raw orders",
+                         daily_customer_totals(spark.read.parquet(str(inputs["orders"])))),
+        "features": ("order features (7/30/90-day windows, every day)",
+                     tables.customer_order_features(silver, tables.first_order_dates(silver), window)),
+    }
+    for name, (label, df) in extra.items():
+        t = time.perf_counter()
+        save(df, str(out / name))
+        timings[name] = time.perf_counter() - t
+        sums[name] = checksum(spark.read.parquet(str(out / name)))
+        print(f"  {label}: {timings[name]:.1f} s")
     return timings, sums
-
-
-def engine_version(spark: SparkSession) -> str:
-    """What the server says it is: Sail's version (0.x) or Apache Spark's (4.x and its commit)."""
-    version = spark.range(1).select(F.version().alias("v")).collect()[0]["v"]
-    return f"Sail {version}" if version.startswith("0.") else version.split()[0]
 
 
 def machine() -> str:
@@ -193,10 +188,10 @@ def main() -> None:
         apache = connect("local[2]", {"spark.driver.memory": args.spark_memory})
         apache.range(1).collect()
         apache_start = time.perf_counter() - t
-        apache_t, apache_sums = run(apache, inputs, work / "apache")
-        sail_version, apache_version = (engine_version(session) for session in (sail, apache))
+        sail_version, apache_version = engine_version(sail), engine_version(apache)
         if sail_version == apache_version:
-            raise SystemExit(f"both sessions reached the same engine ({sail_version}): nothing was compared")
+            raise SystemExit(f"both sessions reached the same engine ({sail_version}): nothing would be compared")
+        apache_t, apache_sums = run(apache, inputs, work / "apache")
         print(f"  validate {apache_t['validate']:.1f} s, transforms {apache_t['transforms']:.1f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -109,6 +109,12 @@ def _start_local(url: str, conf: dict[str, str]) -> SparkSession:
     return session
 
 
+def engine_version(session: SparkSession) -> str:
+    """What the server says it is: `Sail 0.7.2` or Apache Spark's version, e.g. `4.2.0`."""
+    version = str(session.range(1).selectExpr("version() AS v").collect()[0]["v"])
+    return f"Sail {version}" if version.startswith("0.") else version.split()[0]
+
+
 def stop() -> None:
     """Stop every session and the embedded server (called at exit)."""
     global _sail_server, _local_server
