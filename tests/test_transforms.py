@@ -50,6 +50,23 @@ def test_validation_finds_exactly_the_malformed_lines(spark, landed) -> None:
         assert report.rows == f.rows
 
 
+def test_a_row_is_named_with_every_rule_it_breaks_and_a_clean_partition_with_none(spark, tmp_path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,customer_id,ordered_at,amount,currency,status\n"
+                    "o-1,c-1,2026-03-02 10:00:00,12.50,EUR,completed\n"
+                    ",c-2,2026-03-02 11:00:00,-3.00,EUR,shipped\n"
+                    "o-3,c-3,2026-03-02 12:00:00,7.00,USD,refunded\n")
+    report = validate(raw_frame(spark, path, "orders"), SOURCES["orders"])
+    assert report.rows == 3
+    assert set(report.failures) == {(DAY, 2)}
+    assert sorted(report.failures[(DAY, 2)]) == ["amount is not negative", "order_id is present",
+                                                 "status is one of completed, refunded, cancelled"]
+    path.write_text("order_id,customer_id,ordered_at,amount,currency,status\n"
+                    "o-1,c-1,2026-03-02 10:00:00,12.50,EUR,completed\n")
+    clean = validate(raw_frame(spark, path, "orders"), SOURCES["orders"])
+    assert (clean.rows, clean.failures) == (1, {})
+
+
 def test_bronze_types_and_keeps_only_good_rows(spark, landed) -> None:
     f = landed["orders"]
     raw = raw_frame(spark, f.path, "orders")

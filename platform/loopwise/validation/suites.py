@@ -96,34 +96,56 @@ def _context() -> Any:
 def validate(raw: DataFrame, contract: SourceContract) -> ValidationReport:
     """Run the source's suite over raw rows; every failing row is named with every rule it broke.
 
+    Two passes: every expectation pass/fail only, then the failed ones again for the index of
+    each unexpected row. Only failed expectations have unexpected rows, so the report is the same
+    as one complete pass, which is 3x slower on Sail: it queries every expectation's unexpected
+    values and rows even when there are none.
+
     `raw` carries `_key_occurrence` from ingest: computing it there, once, instead of with a
     window here made validation about 5x faster on Sail, which re-runs the plan for each of
     GX's metric queries (it does not support persist).
     """
-    import great_expectations as gx
-
     rules = rules_for(contract)
-    context = _context()
-    asset = context.data_sources.add_spark(f"lake_{contract.name}").add_dataframe_asset(contract.name)
-    batch = asset.add_batch_definition_whole_dataframe("partition").get_batch(
-        batch_parameters={"dataframe": raw}
-    )
-    suite = gx.ExpectationSuite(name=f"{contract.name}_contract", expectations=[r.expectation for r in rules])
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE",
-                                                  "unexpected_index_column_names": INDEX_COLUMNS})
-    by_signature = {_signature(r.expectation.configuration): r.name for r in rules}
-    report = ValidationReport(contract.name, 0, rule_names=[r.name for r in rules])
-    for outcome in result.results:
-        config = outcome.expectation_config
-        name = by_signature.get(_signature(config)) or f"{config.type} {config.kwargs.get('column', '')}".strip()
-        report.rows = max(report.rows, int(outcome.result.get("element_count") or 0))
-        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
-            raise RuntimeError(f"expectation {name!r} on {contract.name} could not run: "
-                               f"{outcome.exception_info.get('exception_message')}")
+    batch = _batch(contract, raw)
+    names = {_signature(r.expectation.configuration): r.name for r in rules}
+    report = ValidationReport(contract.name, raw.count(), rule_names=[r.name for r in rules])
+    summary = batch.validate(_suite(contract, rules), result_format={"result_format": "BOOLEAN_ONLY"})
+    _raise_errors(summary.results, names, contract)
+    failed = {_signature(o.expectation_config) for o in summary.results if not o.success}
+    if not failed:
+        return report
+    failed_rules = [r for r in rules if _signature(r.expectation.configuration) in failed]
+    detail = batch.validate(_suite(contract, failed_rules), result_format={
+        "result_format": "COMPLETE", "unexpected_index_column_names": INDEX_COLUMNS})
+    _raise_errors(detail.results, names, contract)
+    for outcome in detail.results:
+        name = _name(outcome.expectation_config, names)
         for row in outcome.result.get("unexpected_index_list") or []:
             key = (_as_date(row["partition_date"]), int(row["_line"]))
             report.failures.setdefault(key, []).append(name)
     return report
+
+
+def _batch(contract: SourceContract, raw: DataFrame) -> Any:
+    asset = _context().data_sources.add_spark(f"lake_{contract.name}").add_dataframe_asset(contract.name)
+    return asset.add_batch_definition_whole_dataframe("partition").get_batch(batch_parameters={"dataframe": raw})
+
+
+def _suite(contract: SourceContract, rules: list[Rule]) -> Any:
+    import great_expectations as gx
+
+    return gx.ExpectationSuite(name=f"{contract.name}_contract", expectations=[r.expectation for r in rules])
+
+
+def _raise_errors(outcomes: list[Any], names: dict[str, str], contract: SourceContract) -> None:
+    for outcome in outcomes:
+        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+            raise RuntimeError(f"expectation {_name(outcome.expectation_config, names)!r} on {contract.name} "
+                               f"could not run: {outcome.exception_info.get('exception_message')}")
+
+
+def _name(config: Any, names: dict[str, str]) -> str:
+    return names.get(_signature(config)) or f"{config.type} {config.kwargs.get('column', '')}".strip()
 
 
 def _signature(config: Any) -> str:
