@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -32,12 +34,18 @@ app.add_typer(audit, name="audit")
 
 @app.callback()
 def _main() -> None:
-    import warnings
-
     from loopwise.secrets import install_log_redaction
 
     install_log_redaction()
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not the user's concern
+    _ignore_library_deprecations()
+
+
+def _ignore_library_deprecations() -> None:
+    """Libraries' deprecation notices are not the user's concern. Again after Feast is imported: its
+    import turns every DeprecationWarning back on ('once') for the whole process."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _settings() -> Settings:
@@ -146,6 +154,7 @@ def _print_model(settings: Settings) -> None:
     for reason in gate.payload["reasons"]:
         typer.echo(f"  - {reason}")
     typer.secho("lineage:", bold=True)
+    _ignore_library_deprecations()
     chain = model_lineage(settings.tracking_uri, store, Lake(settings.lake_uri), f"{settings.registry.model_name}/{version}")
     for step in chain.steps:
         runs = ", ".join(r[:8] for r in step.runs if r) or "-"
@@ -160,6 +169,15 @@ def find_project_root(start: Path | None = None) -> Path:
             return folder
     raise FileNotFoundError(f"no Loopwise project (definitions.py, workspace.yaml) at or above {here}; "
                             "run this command from the repository")
+
+
+def failed_blocking_checks(log: str) -> list[str]:
+    """`asset: check` for each blocking check that stopped a Dagster run, from the run's log."""
+    found: list[str] = []
+    for block in re.findall(r"blocking asset checks? failed with ERROR severity:\n((?:[\w/]+: [\w,]+\n?)+)", log):
+        for asset, checks in re.findall(r"([\w/]+): ([\w,]+)", block):
+            found += [f"{asset}: {check}" for check in checks.split(",") if f"{asset}: {check}" not in found]
+    return found
 
 
 def dagster_env(settings: Settings) -> dict[str, str]:
@@ -196,14 +214,24 @@ def demo(
     partition_range = f"{min(demo_days)}...{max(demo_days)}"
     env = dagster_env(settings)
     for title, selection, partitioned in DEMO_STEPS:
-        typer.secho(f"{title}{f' for {partition_range}' if partitioned else ''} (one run)", bold=True)
+        typer.secho(f"{title}{f' for {partition_range}' if partitioned else ''} (one run)...", bold=True, nl=False)
         cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "definitions", "--select", selection,
                *(["--partition-range", partition_range] if partitioned else [])]
+        started = time.monotonic()
         completed = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        typer.echo(f" {time.monotonic() - started:.0f} s")
         if completed.returncode != 0:
-            typer.echo(completed.stdout[-4000:])
-            typer.echo(completed.stderr[-8000:], err=True)
-            typer.secho(f"the Dagster run for {selection!r} failed (its log is above)", fg="red", err=True)
+            checks = failed_blocking_checks(completed.stdout + completed.stderr)
+            if not checks:
+                typer.echo(completed.stdout[-4000:])
+                typer.echo(completed.stderr[-8000:], err=True)
+                typer.secho(f"the Dagster run for {selection!r} failed (its log is above)", fg="red", err=True)
+                raise typer.Exit(1)
+            _print_tables(settings, demo_days)
+            _print_model(settings)
+            typer.secho(f"stopped by blocking checks: {', '.join(checks)}; nothing downstream of them ran "
+                        f"(the checks' metadata and the run's log: `make dev`, instance {env['DAGSTER_HOME']})",
+                        fg="red", err=True)
             raise typer.Exit(1)
     sync = subprocess.run([sys.executable, "-m", "sensors.audit"], cwd=root, env=env, capture_output=True, text=True)
     typer.echo(f"audit trail: {(sync.stdout.strip().splitlines() or [sync.stderr.strip()[-300:]])[-1]}")
