@@ -9,6 +9,7 @@ on both engines (Sail's plain Parquet default is zstd), so they do identical wor
 every output row proves identical results. Appends the timings and ratios to RESULTS.md.
 
     python benchmarks/data_layer.py [--orders 10000000] [--tickets 1000000] [--spark-memory 8g]
+                                    [--apache-conf KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -158,14 +159,25 @@ def commit() -> str:
     return head + ("+dirty" if dirty.strip() else "")
 
 
+def key_value(text: str) -> str:
+    if "=" not in text.strip("="):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. spark.sql.shuffle.partitions=200")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=10_000_000)
     parser.add_argument("--tickets", type=int, default=1_000_000)
     parser.add_argument("--spark-memory", default="8g",
                         help="Apache Spark's driver memory (Spark's own default is 1g)")
+    parser.add_argument("--apache-conf", action="append", default=[], metavar="KEY=VALUE", type=key_value,
+                        help="more Apache Spark configuration, e.g. spark.sql.shuffle.partitions=200 (Spark's "
+                             "default; Loopwise's local[N] sets 4)")
     args = parser.parse_args()
     import great_expectations  # noqa: F401 - its ~3 s import is not the engines' work
+    apache_conf = {"spark.driver.memory": args.spark_memory, **dict(c.split("=", 1) for c in args.apache_conf)}
+    apache_label = ", ".join([f"driver memory {args.spark_memory}", *args.apache_conf])
 
     work = Path(tempfile.mkdtemp(prefix="loopwise-bench-"))
     try:
@@ -183,9 +195,9 @@ def main() -> None:
         sail_start = time.perf_counter() - t
         sail_t, sail_sums = run(sail, inputs, work / "sail")
         print(f"  validate {sail_t['validate']:.1f} s, transforms {sail_t['transforms']:.1f} s")
-        print(f"Apache Spark Connect local[2], driver memory {args.spark_memory}:")
+        print(f"Apache Spark Connect local[2], {apache_label}:")
         t = time.perf_counter()
-        apache = connect("local[2]", {"spark.driver.memory": args.spark_memory})
+        apache = connect("local[2]", apache_conf)
         apache.range(1).collect()
         apache_start = time.perf_counter() - t
         sail_version, apache_version = engine_version(sail), engine_version(apache)
@@ -208,7 +220,7 @@ def main() -> None:
         f.write(
             f"\n## data_layer.py — {datetime.now():%Y-%m-%d %H:%M} — commit {commit()}\n"
             f"Machine: {machine()}. Inputs: {args.orders:,} order rows, {args.tickets:,} tickets, 10 days, 0.1% malformed.\n\n"
-            f"| step | Sail (embedded) | Apache Spark Connect local[2], driver memory {args.spark_memory} | ratio |\n"
+            f"| step | Sail (embedded) | Apache Spark Connect local[2], {apache_label} | ratio |\n"
             "|---|---|---|---|\n"
             f"| bronze + quarantine + silver transforms | {sail_t['transforms']:.1f} s | {apache_t['transforms']:.1f} s "
             f"| {ratio_transforms:.1f}x |\n"

@@ -176,15 +176,17 @@ def test_apache_spark_connect_gives_identical_results(spark, apache_spark, lande
 ENGINE_ORDER_SCRIPT = """
 import json
 from loopwise.spark import connect, engine_version
-apache = connect("local[2]")
+apache = connect("local[2]", {"spark.sql.shuffle.partitions": "7"})
 sail = connect(None)
-print(json.dumps([engine_version(s) for s in (apache, sail, connect("local[2]"))]))
+versions = [engine_version(s) for s in (apache, sail, connect("local[2]"))]
+print(json.dumps([*versions, apache.conf.get("spark.sql.shuffle.partitions")]))
 """
 
 
 @pytest.mark.apache_spark
 def test_each_engine_gets_its_own_session_in_either_order_and_the_process_exits(apache_spark) -> None:
-    """Apache Spark first, then Sail, in a fresh process (the fixture did Sail first here)."""
+    """Apache Spark first, then Sail, in a fresh process (the fixture did Sail first here). A configured
+    shuffle partition count is kept; without one, local[N] uses 4, not Spark's cluster default of 200."""
     import json
     import subprocess
     import sys
@@ -196,6 +198,7 @@ def test_each_engine_gets_its_own_session_in_either_order_and_the_process_exits(
     done = subprocess.run([sys.executable, "-c", ENGINE_ORDER_SCRIPT], capture_output=True, text=True,
                           timeout=240, env=child_env())  # a hang at exit (a stop against a dead server) times out
     assert done.returncode == 0, done.stderr[-3000:]
-    apache, sail, apache_again = json.loads(done.stdout.strip().splitlines()[-1])
+    apache, sail, apache_again, partitions = json.loads(done.stdout.strip().splitlines()[-1])
     assert apache.startswith("4.") and apache_again == apache
+    assert partitions == "7" and apache_spark.conf.get("spark.sql.shuffle.partitions") == "4"
     assert sail == f"Sail {pysail.__version__.split('+')[0]}" != apache

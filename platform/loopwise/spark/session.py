@@ -105,7 +105,8 @@ def _start_local(url: str, conf: dict[str, str]) -> SparkSession:
     service = getattr(_local_server._jvm, "org.apache.spark.sql.connect.service.SparkConnectService$")
     port = getattr(service, "MODULE$").localPort()
     session = _open(f"sc://localhost:{port}/;token={token}")
-    session.conf.set("spark.sql.shuffle.partitions", "4")
+    if "spark.sql.shuffle.partitions" not in conf:  # Spark's 200 is for clusters: a local run waits on 200 tiny tasks
+        session.conf.set("spark.sql.shuffle.partitions", "4")
     return session
 
 
