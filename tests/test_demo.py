@@ -39,6 +39,7 @@ def test_demo_lands_builds_trains_and_registers_with_lineage_to_the_raw_files(tm
     for table in ["training_set", "features_customer_orders", *TABLES]:
         assert re.search(rf"^  {table}\s+Delta version 0", out, re.M), table
     assert "done: open the lineage with `make dev`" in out
+    assert "DeprecationWarning" not in done.stderr  # libraries' notices stay quiet, Feast's import included
     assert (data / "dagster").is_dir()
     verified = loopwise(data, "audit", "verify", LOOPWISE_PROFILE="dev")
     assert verified.returncode == 0 and "hash chain verified" in verified.stdout

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -37,15 +38,7 @@ def _main() -> None:
     from loopwise.secrets import install_log_redaction
 
     install_log_redaction()
-    _ignore_library_deprecations()
-
-
-def _ignore_library_deprecations() -> None:
-    """Libraries' deprecation notices are not the user's concern. Again after Feast is imported: its
-    import turns every DeprecationWarning back on ('once') for the whole process."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not the user's concern
 
 
 def _settings() -> Settings:
@@ -154,7 +147,6 @@ def _print_model(settings: Settings) -> None:
     for reason in gate.payload["reasons"]:
         typer.echo(f"  - {reason}")
     typer.secho("lineage:", bold=True)
-    _ignore_library_deprecations()
     chain = model_lineage(settings.tracking_uri, store, Lake(settings.lake_uri), f"{settings.registry.model_name}/{version}")
     for step in chain.steps:
         runs = ", ".join(r[:8] for r in step.runs if r) or "-"
@@ -236,7 +228,8 @@ def demo(
     sync = subprocess.run([sys.executable, "-m", "sensors.audit"], cwd=root, env=env, capture_output=True, text=True)
     typer.echo(f"audit trail: {(sync.stdout.strip().splitlines() or [sync.stderr.strip()[-300:]])[-1]}")
     _print_tables(settings, demo_days)
-    _print_training_and_online(settings, root)
+    with warnings.catch_warnings():  # Feast's import turns every DeprecationWarning back on ('once'): undo it after
+        _print_training_and_online(settings, root)
     _print_model(settings)
     typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {env['DAGSTER_HOME']})", fg="green")
 
