@@ -165,11 +165,10 @@ def find_project_root(start: Path | None = None) -> Path:
 
 def failed_blocking_checks(log: str) -> list[str]:
     """`asset: check` for each blocking check that stopped a Dagster run, from the run's log."""
-    found: list[str] = []
-    for block in re.findall(r"blocking asset checks? failed with ERROR severity:\n((?:[\w/]+: [\w,]+\n?)+)", log):
-        for asset, checks in re.findall(r"([\w/]+): ([\w,]+)", block):
-            found += [f"{asset}: {check}" for check in checks.split(",") if f"{asset}: {check}" not in found]
-    return found
+    found = [f"{asset}: {check}"
+             for block in re.findall(r"blocking asset checks? failed with ERROR severity:\n((?:[\w/]+: [\w,]+\n?)+)", log)
+             for asset, checks in re.findall(r"([\w/]+): ([\w,]+)", block) for check in checks.split(",")]
+    return list(dict.fromkeys(found))  # the step's failure and the run's failure both name them
 
 
 def dagster_env(settings: Settings) -> dict[str, str]:
@@ -205,6 +204,7 @@ def demo(
         typer.echo(f"landed {day}: " + ", ".join(f"{f.source} {f.rows} rows ({len(f.bad_lines)} malformed)" for f in landed))
     partition_range = f"{min(demo_days)}...{max(demo_days)}"
     env = dagster_env(settings)
+    stopped_by: list[str] = []
     for title, selection, partitioned in DEMO_STEPS:
         typer.secho(f"{title}{f' for {partition_range}' if partitioned else ''} (one run)...", bold=True, nl=False)
         cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "definitions", "--select", selection,
@@ -213,24 +213,25 @@ def demo(
         completed = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         typer.echo(f" {time.monotonic() - started:.0f} s")
         if completed.returncode != 0:
-            checks = failed_blocking_checks(completed.stdout + completed.stderr)
-            if not checks:
+            stopped_by = failed_blocking_checks(completed.stdout + completed.stderr)
+            if not stopped_by:
                 typer.echo(completed.stdout[-4000:])
                 typer.echo(completed.stderr[-8000:], err=True)
                 typer.secho(f"the Dagster run for {selection!r} failed (its log is above)", fg="red", err=True)
                 raise typer.Exit(1)
-            _print_tables(settings, demo_days)
-            _print_model(settings)
-            typer.secho(f"stopped by blocking checks: {', '.join(checks)}; nothing downstream of them ran "
-                        f"(the checks' metadata and the run's log: `make dev`, instance {env['DAGSTER_HOME']})",
-                        fg="red", err=True)
-            raise typer.Exit(1)
+            break
     sync = subprocess.run([sys.executable, "-m", "sensors.audit"], cwd=root, env=env, capture_output=True, text=True)
     typer.echo(f"audit trail: {(sync.stdout.strip().splitlines() or [sync.stderr.strip()[-300:]])[-1]}")
     _print_tables(settings, demo_days)
-    with warnings.catch_warnings():  # Feast's import turns every DeprecationWarning back on ('once'): undo it after
-        _print_training_and_online(settings, root)
+    if not stopped_by:
+        with warnings.catch_warnings():  # Feast's import turns every DeprecationWarning back on ('once'): undo it after
+            _print_training_and_online(settings, root)
     _print_model(settings)
+    if stopped_by:
+        typer.secho(f"stopped by blocking checks: {', '.join(stopped_by)}; nothing downstream of them ran "
+                    f"(the checks' metadata and the run's log: `make dev`, instance {env['DAGSTER_HOME']})",
+                    fg="red", err=True)
+        raise typer.Exit(1)
     typer.secho(f"done: open the lineage with `make dev` (Dagster UI, instance {env['DAGSTER_HOME']})", fg="green")
 
 

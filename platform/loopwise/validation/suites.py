@@ -107,14 +107,14 @@ def validate(raw: DataFrame, contract: SourceContract) -> ValidationReport:
     """
     rules = rules_for(contract)
     batch = _batch(contract, raw)
-    names = {_signature(r.expectation.configuration): r.name for r in rules}
+    by_signature = {_signature(r.expectation.configuration): r for r in rules}
+    names = {signature: r.name for signature, r in by_signature.items()}
     report = ValidationReport(contract.name, raw.count(), rule_names=[r.name for r in rules])
     summary = batch.validate(_suite(contract, rules), result_format={"result_format": "BOOLEAN_ONLY"})
     _raise_errors(summary.results, names, contract)
-    failed = {_signature(o.expectation_config) for o in summary.results if not o.success}
-    if not failed:
+    failed_rules = [by_signature[_signature(o.expectation_config)] for o in summary.results if not o.success]
+    if not failed_rules:
         return report
-    failed_rules = [r for r in rules if _signature(r.expectation.configuration) in failed]
     detail = batch.validate(_suite(contract, failed_rules), result_format={
         "result_format": "COMPLETE", "unexpected_index_column_names": INDEX_COLUMNS})
     _raise_errors(detail.results, names, contract)
