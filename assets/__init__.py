@@ -1,12 +1,13 @@
-"""The software-defined assets of the lineage graph, grouped by stage."""
+"""The software-defined assets of the lineage graph, generated from the use case's declarations."""
 
 from assets.bronze import BRONZE_ASSETS
 from assets.features import FEATURE_ASSETS
+from assets.models import MODEL_ASSETS
 from assets.raw import RAW_ASSETS
 from assets.silver import SILVER_ASSETS
-from assets.training import TRAINING_ASSETS
 
 DATA_LAYER_ASSETS = [*RAW_ASSETS, *BRONZE_ASSETS, *SILVER_ASSETS]
-ALL_ASSETS = [*DATA_LAYER_ASSETS, *FEATURE_ASSETS, *TRAINING_ASSETS]
+ALL_ASSETS = [*DATA_LAYER_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS]
 
-__all__ = ["ALL_ASSETS", "BRONZE_ASSETS", "DATA_LAYER_ASSETS", "FEATURE_ASSETS", "RAW_ASSETS", "SILVER_ASSETS", "TRAINING_ASSETS"]
+__all__ = ["ALL_ASSETS", "BRONZE_ASSETS", "DATA_LAYER_ASSETS", "FEATURE_ASSETS", "MODEL_ASSETS", "RAW_ASSETS",
+           "SILVER_ASSETS"]

@@ -3,11 +3,12 @@
 from collections.abc import Iterator
 
 import dagster as dg
-from loopwise.contracts import SOURCES, SourceContract
+from loopwise.contracts import SourceContract
 from loopwise.pipelines import stages
 
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
+from assets.usecase import USE_CASE
 from resources import LakeResource, SparkResource
 
 
@@ -49,5 +50,5 @@ def bronze_asset(contract: SourceContract) -> dg.AssetsDefinition:
     return _bronze
 
 
-BRONZE_ASSETS = [bronze_asset(c) for c in SOURCES.values()]
+BRONZE_ASSETS = [bronze_asset(s.contract) for s in USE_CASE.sources]
 __all__ = ["BRONZE_ASSETS"]

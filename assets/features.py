@@ -1,41 +1,30 @@
-"""Feature assets: daily feature tables, the Feast registry, the online store, the training set."""
+"""Feature assets: one daily table per declared feature table, the Feast registry, the online store."""
 
 from datetime import timedelta
 
 import dagster as dg
 from loopwise.features import stages as features
+from loopwise.usecase import FeatureTable
 
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
+from assets.usecase import USE_CASE
 from resources import FeatureStoreResource, LakeResource, SparkResource
 
 # Written once a day: a feature table more than a day and a half behind is stale in the UI.
 FRESH_DAILY = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=36), warn_window=timedelta(hours=26))
-VIEWS = {"customer_orders": features.ORDER_FEATURES, "customer_support": features.SUPPORT_FEATURES}
 
 
-@dg.asset(
-    name=features.ORDER_FEATURES, deps=["silver_orders"], partitions_def=DAILY, backfill_policy=SINGLE_RUN,
-    group_name="features", kinds={"delta", "spark"}, freshness_policy=FRESH_DAILY,
-    description="Per customer and day: orders, EUR amounts, refund and cancel rates over 7/30/90 days, "
-                "days since the last order, tenure (feature view customer_orders).",
-)
-def features_customer_orders(context: dg.AssetExecutionContext, spark: SparkResource,
-                             lake: LakeResource) -> dg.MaterializeResult:
-    write = features.build_order_features(spark.session(), lake.lake(), window_of(context))
-    return dg.MaterializeResult(metadata=delta_metadata(write, features.feature_table(lake.lake(), write.table).uri))
+def feature_table_asset(table: FeatureTable) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=table.name, deps=[f"silver_{s}" for s in table.reads], partitions_def=DAILY, backfill_policy=SINGLE_RUN,
+        group_name="features", kinds={"delta", "spark"}, freshness_policy=FRESH_DAILY, description=table.description,
+    )
+    def _table(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource) -> dg.MaterializeResult:
+        write = features.build_feature_table(spark.session(), lake.lake(), table, window_of(context))
+        return dg.MaterializeResult(metadata=delta_metadata(write, lake.lake().table(table.name).uri))
 
-
-@dg.asset(
-    name=features.SUPPORT_FEATURES, deps=["silver_tickets", "silver_ticket_outcomes"], partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN, group_name="features", kinds={"delta", "spark"}, freshness_policy=FRESH_DAILY,
-    description="Per customer and day: tickets over 7/30/90 days, channel shares, escalation rate over "
-                "outcomes known by then (feature view customer_support).",
-)
-def features_customer_support(context: dg.AssetExecutionContext, spark: SparkResource,
-                              lake: LakeResource) -> dg.MaterializeResult:
-    write = features.build_support_features(spark.session(), lake.lake(), window_of(context))
-    return dg.MaterializeResult(metadata=delta_metadata(write, features.feature_table(lake.lake(), write.table).uri))
+    return _table
 
 
 @dg.asset(group_name="features", kinds={"feast"},
@@ -53,15 +42,14 @@ def feast_registry(feast: FeatureStoreResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
-    deps=[features.ORDER_FEATURES, features.SUPPORT_FEATURES, "feast_registry"], partitions_def=DAILY,
+    deps=[*(t.name for t in USE_CASE.feature_tables), "feast_registry"], partitions_def=DAILY,
     backfill_policy=SINGLE_RUN, group_name="features", kinds={"feast", "sqlite"}, freshness_policy=FRESH_DAILY,
-    description="The partition's newest feature row per customer, pushed to the online store for serving.",
+    description="The partition's newest feature row per entity of every feature table, pushed to the online store.",
 )
 def online_features(context: dg.AssetExecutionContext, lake: LakeResource,
                     feast: FeatureStoreResource) -> dg.MaterializeResult:
     store = feast.store()
-    pushed = {view: features.push_online(store, lake.lake(), view, table, window_of(context))
-              for view, table in VIEWS.items()}
+    pushed = {t.view: features.push_online(store, lake.lake(), t, window_of(context)) for t in USE_CASE.feature_tables}
     return dg.MaterializeResult(metadata={
         "online_store": feast.online_store,
         **{f"{view}_entities": r.entities for view, r in pushed.items()},
@@ -71,22 +59,5 @@ def online_features(context: dg.AssetExecutionContext, lake: LakeResource,
     })
 
 
-@dg.asset(
-    deps=["silver_tickets", "silver_ticket_outcomes", features.ORDER_FEATURES, features.SUPPORT_FEATURES,
-          "feast_registry"],
-    group_name="training", kinds={"delta", "feast"},
-    description="Every ticket with a known outcome, joined as of its creation time with the feature "
-                "service's features through Feast's get_historical_features.",
-)
-def training_set(spark: SparkResource, lake: LakeResource, feast: FeatureStoreResource) -> dg.MaterializeResult:
-    result = features.build_training_set(spark.session(), lake.lake(), feast.store(), feast.service)
-    return dg.MaterializeResult(metadata={
-        **delta_metadata(result.write, lake.lake().table(features.TRAINING_SET).uri),
-        "label_rate": round(result.label_rate, 4),
-        "positives": result.positives,
-        "feature_service": result.service,
-        "input_versions": dg.MetadataValue.json(result.input_versions),
-    })
-
-
-FEATURE_ASSETS = [features_customer_orders, features_customer_support, feast_registry, online_features, training_set]
+FEATURE_TABLE_ASSETS = [feature_table_asset(t) for t in USE_CASE.feature_tables]
+FEATURE_ASSETS = [*FEATURE_TABLE_ASSETS, feast_registry, online_features]

@@ -9,3 +9,10 @@ escalation_v1 = FeatureService(
     owner="ml@loopwise.dev",
     description="Everything the ticket-escalation model reads about a customer.",
 )
+
+refund_v1 = FeatureService(
+    name="refund_v1",
+    features=[customer_orders],
+    owner="ml@loopwise.dev",
+    description="The customer's order history, as the order-refund-risk model reads it.",
+)

@@ -1,6 +1,6 @@
-"""Feature views: what a data scientist predicting escalation wants to know about a customer.
+"""Feature views: what the support desk's models want to know about a customer.
 
-Every feature is computed in `loopwise.features.tables` from silver tables, as of the end of a day.
+Every feature is computed in `supportdesk.features` from silver tables, as of the end of a day.
 """
 
 from datetime import timedelta
@@ -14,7 +14,7 @@ OWNER = "data-platform@loopwise.dev"
 
 
 def _f(name: str, dtype: object, how: str) -> Field:
-    return Field(name=name, dtype=dtype, description=how, tags={"owner": OWNER, "computed_by": "loopwise.features.tables"})
+    return Field(name=name, dtype=dtype, description=how, tags={"owner": OWNER, "computed_by": "supportdesk.features"})
 
 
 customer_orders = FeatureView(

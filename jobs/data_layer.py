@@ -2,12 +2,13 @@
 
 import dagster as dg
 
+from assets.features import FEATURE_TABLE_ASSETS
 from assets.partitions import DAILY
 
 data_layer_job = dg.define_asset_job(
     "data_layer",
     selection=dg.AssetSelection.groups("raw", "bronze", "silver")
-    | dg.AssetSelection.assets("features_customer_orders", "features_customer_support", "online_features"),
+    | dg.AssetSelection.assets(*FEATURE_TABLE_ASSETS, "online_features"),
     partitions_def=DAILY,
     description="Ingest each source's landing file, validate it into bronze (quarantining bad rows), conform to "
                 "silver, compute the day's features and push them to the online store.",

@@ -21,7 +21,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     redis_url: str = "127.0.0.1:6379"
     redis_password_secret: str | None = None
     spark_remote: str | None = None
-    service: str = "escalation_v1"
+    stale_after_hours: float = 48.0
 
     def location(self) -> FeastLocation:
         return FeastLocation(Path(self.repo_dir), Path(self.feast_dir), self.online_store, self.redis_url,

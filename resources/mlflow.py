@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 from loopwise.events import EventStore
 from loopwise.registry import GatePolicy, Registry
@@ -12,13 +14,13 @@ class MlflowResource(dg.ConfigurableResource):
 
     tracking_uri: str
     artifact_uri: str
-    model_name: str = "ticket-escalation"
-    floors: dict[str, float] = {}
-    ceilings: dict[str, float] = {}
-    tolerance: float = 0.01
+    gates: dict[str, dict[str, Any]] = {}  # per declared model: floors, ceilings, tolerance
 
-    def registry(self, events: EventStore) -> Registry:
-        return Registry(self.tracking_uri, events, self.model_name)
+    def registry(self, model: str, events: EventStore) -> Registry:
+        return Registry(self.tracking_uri, events, model)
 
-    def policy(self) -> GatePolicy:
-        return GatePolicy(dict(self.floors), dict(self.ceilings), self.tolerance)
+    def policy(self, model: str) -> GatePolicy:
+        gate = self.gates.get(model)
+        if gate is None:
+            raise KeyError(f"no gate configured for model {model!r}; gates: {sorted(self.gates)}")
+        return GatePolicy(dict(gate["floors"]), dict(gate["ceilings"]), float(gate["tolerance"]))

@@ -14,13 +14,15 @@ EVENT_TYPES = {
     dg.DagsterEventType.ASSET_MATERIALIZATION: "asset.materialized",
     dg.DagsterEventType.ASSET_CHECK_EVALUATION: "asset.check_evaluated",
 }
-_KEPT_METADATA = ("delta_version", "dagster/row_count", "partitions", "quarantined_rows", "rows_quarantined",
-                  "bad_row_fraction", "threshold", "missing_columns")
+# What lineage and the audit need: the table, its version and what the write read (`loopwise lineage`
+# walks these), partitions, landing files, quality figures.
+_KEPT_METADATA = ("delta_table", "delta_version", "input_versions", "landing_files", "dagster/row_count", "partitions",
+                  "quarantined_rows", "rows_quarantined", "bad_row_fraction", "threshold", "missing_columns")
 
 
 def _value(entry: Any) -> Any:
     value = getattr(entry, "value", entry)
-    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    return value if isinstance(value, (int, float, str, bool, type(None), dict, list)) else str(value)
 
 
 def to_event(record: dg.EventLogRecord) -> Event:
@@ -69,14 +71,7 @@ def audit_trail_sensor(context: dg.SensorEvaluationContext, events: EventStoreRe
     return dg.SkipReason(f"copied {copied} asset events of {len(runs)} finished runs into the audit trail")
 
 
-def sync_once() -> str:
-    """One tick against the instance in DAGSTER_HOME (for runs made without the daemon, e.g. `loopwise demo`)."""
-    from definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    context = dg.build_sensor_context(instance=instance, resources={"events": defs.resources["events"]})
+def sync_once(instance: dg.DagsterInstance, events: EventStoreResource) -> str:
+    """One tick against an instance, for runs made without the daemon (e.g. `loopwise demo`)."""
+    context = dg.build_sensor_context(instance=instance, resources={"events": events})
     return str(audit_trail_sensor(context).skip_message)
-
-
-if __name__ == "__main__":
-    print(sync_once())

@@ -60,15 +60,31 @@ class FeatureSettings(_Section):
     stale_after_hours: float = Field(48.0, gt=0, description="an online value older than this is reported stale")
 
 
+class GateSettings(_Section):
+    """One model's gate; a key left out takes the registry-wide default."""
+
+    floors: dict[str, float] | None = Field(None, description="minimum holdout metrics a version needs to become challenger")
+    ceilings: dict[str, float] | None = Field(None, description="maximum holdout metrics (lower is better)")
+    tolerance: float | None = Field(None, ge=0, description="how much worse than the champion a challenger may be")
+
+
 class RegistrySettings(_Section):
     tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI; default SQLite under <data_dir>/mlflow")
     artifact_uri: str | None = Field(None, description="where model artifacts go; default <data_dir>/mlflow/artifacts")
-    model_name: str = "ticket-escalation"
     floors: dict[str, float] = Field(default_factory=lambda: {"auc": 0.65},
-                                     description="minimum holdout metrics a version needs to become challenger")
+                                     description="every model's default: minimum holdout metrics to become challenger")
     ceilings: dict[str, float] = Field(default_factory=lambda: {"brier": 0.25},
-                                       description="maximum holdout metrics (lower is better)")
-    tolerance: float = Field(0.01, ge=0, description="how much worse than the champion a challenger may be")
+                                       description="every model's default: maximum holdout metrics (lower is better)")
+    tolerance: float = Field(0.01, ge=0, description="every model's default: how much worse than the champion it may be")
+    models: dict[str, GateSettings] = Field(default_factory=dict,
+                                            description="per model (by registered name), the gate keys that differ")
+
+    def gate(self, model: str) -> GateSettings:
+        """The model's gate with every unset key taken from the registry-wide default."""
+        own = self.models.get(model, GateSettings())
+        return GateSettings(floors=self.floors if own.floors is None else own.floors,
+                            ceilings=self.ceilings if own.ceilings is None else own.ceilings,
+                            tolerance=self.tolerance if own.tolerance is None else own.tolerance)
 
 
 class TrainingSettings(_Section):
@@ -80,6 +96,7 @@ class TrainingSettings(_Section):
     patience: int = Field(2, gt=0)
     seed: int = 7
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
+    distributed: bool = Field(False, description="data-parallel over torchrun's ranks: gloo on CPU, nccl on CUDA")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu the training pod requests on Kubernetes")
     memory: str = Field("8Gi", description="memory the training pod requests on Kubernetes")
     priority_class: str = Field("loopwise-dev", description="Kubernetes PriorityClass of training pods")
@@ -91,7 +108,7 @@ class PartitionSettings(_Section):
 
 class DemoSettings(_Section):
     dates: list[date] = Field(default_factory=lambda: [date(2026, 3, 2) + timedelta(days=i) for i in range(4)])
-    tickets_per_day: int = Field(2000, gt=0)
+    rows_per_day: int = Field(2000, gt=0, description="rows per day of the use case's synthetic feed")
     seed: int = 7
     bad_row_fraction: float = Field(0.01, ge=0.0, le=0.5)
 
@@ -101,6 +118,7 @@ class Settings(_Section):
 
     profile: str
     data_dir: Path = Path(".loopwise")
+    use_case: str = Field("supportdesk", description="the package that declares the sources, features and models")
     spark: SparkSettings = SparkSettings()
     lake: LakeSettings = LakeSettings()
     validation: ValidationSettings = ValidationSettings()

@@ -1,7 +1,8 @@
 """Source contracts: the columns, types and allowed values each landed source must have.
 
-One definition serves the generator, validation (GX suites), typing in bronze and the
-schema-change guard, so a contract change is made in one place.
+One definition serves validation (GX suites), typing in bronze, the synthetic bad-row injector
+and the schema-change guard, so a contract change is made in one place. A use case declares its
+contracts (see `loopwise.usecase`); the engine knows none.
 """
 
 from __future__ import annotations
@@ -42,60 +43,3 @@ class SourceContract:
             if c.name == name:
                 return c
         raise KeyError(f"source {self.name!r} has no column {name!r}; columns: {self.column_names}")
-
-
-CHANNELS = ("email", "chat", "phone", "web_form")
-CURRENCIES = ("EUR", "USD", "GBP")
-ORDER_STATUSES = ("completed", "refunded", "cancelled")
-
-TICKETS = SourceContract(
-    name="tickets",
-    key="ticket_id",
-    event_time="created_at",
-    description="Support tickets opened by customers, one file per day.",
-    columns=(
-        Column("ticket_id", "id"),
-        Column("customer_id", "id"),
-        Column("created_at", "timestamp"),
-        Column("channel", "enum", allowed=CHANNELS),
-        Column("subject", "text"),
-        Column("body", "text"),
-    ),
-)
-
-ORDERS = SourceContract(
-    name="orders",
-    key="order_id",
-    event_time="ordered_at",
-    description="Shop orders, one file per day.",
-    columns=(
-        Column("order_id", "id"),
-        Column("customer_id", "id"),
-        Column("ordered_at", "timestamp"),
-        Column("amount", "amount"),
-        Column("currency", "enum", allowed=CURRENCIES),
-        Column("status", "enum", allowed=ORDER_STATUSES),
-    ),
-)
-
-TICKET_OUTCOMES = SourceContract(
-    name="ticket_outcomes",
-    key="ticket_id",
-    event_time="resolved_at",
-    description="Outcomes of tickets resolved that day (arrive one to three days after the ticket).",
-    columns=(
-        Column("ticket_id", "id"),
-        Column("escalated", "bool", allowed=("true", "false")),
-        Column("resolved_at", "timestamp"),
-    ),
-)
-
-SOURCES: dict[str, SourceContract] = {c.name: c for c in (TICKETS, ORDERS, TICKET_OUTCOMES)}
-
-
-def source(name: str) -> SourceContract:
-    """The contract of a landed source, or an error listing the known ones."""
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise KeyError(f"unknown source {name!r}; known sources: {sorted(SOURCES)}") from None

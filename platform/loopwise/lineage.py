@@ -1,5 +1,9 @@
-"""Lineage of a model version: feature service, training-set and input Delta versions, the raw
-partitions it came from and the Dagster runs that made each step."""
+"""Lineage of a model version, built from what was recorded: the MLflow run's tags, then every Delta
+write in the audit trail with the versions it read, back to the raw partitions and landing files.
+
+A table at version v is the sum of the writes up to v that no later write (up to v) replaced, so
+the walk follows exactly those writes and what each of them read; later writes change nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import date
 
-from loopwise.contracts import SOURCES
-from loopwise.events.store import EventStore
-from loopwise.lake.tables import Lake
+from loopwise.events.store import EventStore, Record
+
+MATERIALIZED = "asset.materialized"
 
 
 @dataclass
@@ -25,6 +29,9 @@ class Lineage:
     version: str
     steps: list[Step]
 
+    def tables(self) -> list[str]:
+        return [s.asset for s in self.steps]
+
 
 def resolve(client: object, ref: str) -> tuple[str, str]:
     """`name@alias` or `name/version` to (name, version)."""
@@ -34,42 +41,104 @@ def resolve(client: object, ref: str) -> tuple[str, str]:
     if "/" in ref:
         name, version = ref.rsplit("/", 1)
         return name, version
-    raise ValueError(f"{ref!r}: use MODEL@ALIAS (ticket-escalation@champion) or MODEL/VERSION (ticket-escalation/3)")
+    raise ValueError(f"{ref!r}: use MODEL@ALIAS (e.g. my-model@champion) or MODEL/VERSION (e.g. my-model/3)")
 
 
-def _runs(store: EventStore, asset: str, days: set[str]) -> list[str]:
-    runs = {r.payload.get("run_id") for r in store.read(kind="asset.materialized", subject=f"asset:{asset}")
-            if r.payload.get("partition") in days or (not days and r.payload.get("partition") is None)}
-    return sorted(r for r in runs if r)
+def days_of(partitions: str | None) -> set[date]:
+    """The days of a write's partitions: '2026-03-02' or '2026-03-02..2026-03-05'."""
+    if not partitions:
+        return set()
+    start, _, end = partitions.partition("..")
+    first, last = date.fromisoformat(start), date.fromisoformat(end or start)
+    return {date.fromordinal(o) for o in range(first.toordinal(), last.toordinal() + 1)}
 
 
-def model_lineage(tracking_uri: str, store: EventStore, lake: Lake, ref: str) -> Lineage:
-    """Walk from a registered version back to the raw partitions it was trained on."""
+@dataclass(frozen=True)
+class Write:
+    """One recorded write of a table: its version, partitions, what it read, which run made it."""
+
+    table: str
+    version: int
+    partitions: str
+    inputs: dict[str, int]
+    run_id: str
+    files: str = ""
+
+
+def recorded_writes(store: EventStore) -> dict[str, list[Write]]:
+    """Every Delta write the audit trail holds, per table, newest version first."""
+    writes: dict[str, list[Write]] = {}
+    for record in store.read(kind=MATERIALIZED):
+        write = _write(record)
+        if write is not None:
+            writes.setdefault(write.table, []).append(write)
+    for table in writes.values():
+        table.sort(key=lambda w: -w.version)
+    return writes
+
+
+def _write(record: Record) -> Write | None:
+    metadata = record.payload.get("metadata", {})
+    table, version = metadata.get("delta_table"), metadata.get("delta_version")
+    if table is None or version is None:
+        return None
+    inputs = metadata.get("input_versions") or {}
+    if isinstance(inputs, str):
+        inputs = json.loads(inputs)
+    return Write(table, int(version), str(metadata.get("partitions") or ""), {k: int(v) for k, v in inputs.items()},
+                 record.payload.get("run_id", ""), str(metadata.get("landing_files") or ""))
+
+
+def live_writes(writes: list[Write], version: int) -> list[Write]:
+    """The writes (newest first) whose partitions still make up the table at `version`."""
+    covered: set[date] = set()
+    live = []
+    for write in writes:
+        if write.version > version:
+            continue
+        days = days_of(write.partitions)
+        if days - covered or not days:
+            live.append(write)
+        covered |= days
+    return live
+
+
+def model_lineage(tracking_uri: str, store: EventStore, ref: str) -> Lineage:
+    """Walk from a registered version back to the raw partitions (and landing files) it was trained on."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri, tracking_uri)
     name, version = resolve(client, ref)
     mv = client.get_model_version(name, version)
     tags = client.get_run(mv.run_id).data.tags
-    start, _, end = tags.get("lineage.partitions", "..").partition("..")
-    days = {date.fromordinal(o).isoformat() for o in range(date.fromisoformat(start).toordinal(),
-                                                            date.fromisoformat(end).toordinal() + 1)} if start else set()
-    inputs = json.loads(tags.get("lineage.inputs") or "{}")
+    training_table = tags.get("lineage.training_table", "training_set")
     steps = [
         Step(f"model {name}/{version}", f"MLflow run {mv.run_id}, git commit {tags.get('git_commit', '?')[:12]}",
              [tags.get("dagster.run_id", "")]),
         Step("feature service", tags.get("lineage.feature_service", "?")),
-        Step("training_set", f"Delta version {tags.get('lineage.training_set_version', '?')}",
+        Step(training_table, f"Delta version {tags.get('lineage.training_set_version', '?')}, "
+                             f"partitions {tags.get('lineage.partitions', '?')}",
              [tags.get("dagster.training_set_run_id", "")]),
     ]
-    for table, table_version in sorted(inputs.items()):
-        steps.append(Step(table, f"Delta version {table_version}", _runs(store, table, days)))
-    # Tables upstream of the training set's inputs (silver_orders feeds the order features).
-    for stage in ("silver", "bronze", "raw"):
-        for source in SOURCES:
-            table = lake.table(f"{stage}_{source}")
-            if table.name in inputs:
-                continue
-            steps.append(Step(table.name, f"Delta version {table.current_version()} (at lineage time), "
-                                          f"partitions {start}..{end}", _runs(store, table.name, days)))
+    writes = recorded_writes(store)
+    queue = sorted(json.loads(tags.get("lineage.inputs") or "{}").items())
+    seen: set[tuple[str, int]] = set()
+    while queue:
+        table, table_version = queue.pop(0)
+        if (table, table_version) in seen:
+            continue
+        seen.add((table, table_version))
+        live = live_writes(writes.get(table, []), table_version)
+        if not live:
+            steps.append(Step(table, f"Delta version {table_version} (no recorded write: its runs predate the trail)"))
+            continue
+        partitions = sorted(d for w in live for d in days_of(w.partitions))
+        span = f"{partitions[0]}..{partitions[-1]}" if partitions else "-"
+        files = sum(len(w.files.split()) for w in live)
+        detail = (f"Delta version {table_version}, partitions {span}, written by versions "
+                  f"{', '.join(str(w.version) for w in sorted(live, key=lambda w: w.version))}"
+                  + (f", from {files} landing files" if files else ""))
+        steps.append(Step(table, detail, sorted({w.run_id for w in live if w.run_id})))
+        for write in live:
+            queue.extend(sorted(write.inputs.items()))
     return Lineage(name, version, steps)

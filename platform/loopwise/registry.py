@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from loopwise.events.store import Event, EventStore
-from loopwise.lifecycle import Lifecycle, State, subject
+from loopwise.lifecycle import REFUSED, IllegalTransition, Lifecycle, State, subject
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 ALIAS_MOVED = "registry.alias_moved"
 GATE_EVALUATED = "registry.gate_evaluated"
 VERSION_REGISTERED = "registry.version_registered"
 HIGHER_IS_BETTER = {"auc", "f1", "accuracy", "precision", "recall"}
+# An alias names a version in exactly this lifecycle state: moving it never bypasses the state machine.
+ALIAS_STATE = {CHALLENGER: State.CHALLENGER, CHAMPION: State.CHAMPION}
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def decide(version: str, candidate: dict[str, float], policy: GatePolicy,
 class Registry:
     """Versions and aliases of one model in MLflow, with every change in the audit trail."""
 
-    def __init__(self, tracking_uri: str, events: EventStore, model: str = "ticket-escalation") -> None:
+    def __init__(self, tracking_uri: str, events: EventStore, model: str) -> None:
         import mlflow
         from mlflow import MlflowClient
 
@@ -109,7 +111,20 @@ class Registry:
             return None
 
     def move_alias(self, alias: str, version: str, actor: str, reason: str, evidence: dict[str, Any]) -> None:
-        """Point `alias` at `version` and record the move with its evidence."""
+        """Point `alias` at `version` and record the move with its evidence.
+
+        The version must already be in the alias's lifecycle state (`challenger` -> challenger,
+        `champion` -> champion); otherwise the move is refused, recorded, and raises IllegalTransition.
+        """
+        required = ALIAS_STATE.get(alias)
+        state = self.lifecycle.state(self.model, version)
+        if required is not None and state != required:
+            message = (f"{self.model} version {version}: alias {alias} needs lifecycle state {required.value}, "
+                       f"the version is {state.value if state else 'unknown'}; move its lifecycle first")
+            self.events.append(Event(REFUSED, subject(self.model, version),
+                                     {"alias": alias, "state": state.value if state else None, "error": message},
+                                     actor, reason))
+            raise IllegalTransition(message)
         previous = self.alias(alias)
         self.client.set_registered_model_alias(self.model, alias, version)
         self.events.append(Event(ALIAS_MOVED, subject(self.model, version),

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from loopwise.contracts import SOURCES
 from loopwise.events.store import EventStore
 from loopwise.lake.tables import Lake, TableRef
 from loopwise.lifecycle import Lifecycle, VersionState
 from loopwise.pipelines import stages
+from loopwise.usecase import UseCase
 
 
 @dataclass
@@ -40,28 +40,27 @@ def _last_commit(table: TableRef) -> datetime | None:
     return datetime.fromtimestamp(history[0]["timestamp"] / 1000, tz=UTC)
 
 
-def group_tables(lake: Lake) -> dict[str, list[TableRef]]:
-    """The Delta tables behind each asset group."""
-    from loopwise.features import stages as features
-
+def group_tables(lake: Lake, use_case: UseCase) -> dict[str, list[TableRef]]:
+    """The Delta tables behind each asset group: the data layer's stages, features, each model's training set."""
+    sources = [s.name for s in use_case.sources]
     return {
-        "raw": [stages.raw_table(lake, s) for s in SOURCES],
-        "bronze": [stages.bronze_table(lake, s) for s in SOURCES],
-        "silver": [stages.silver_table(lake, s) for s in SOURCES],
-        "features": [lake.table(features.ORDER_FEATURES), lake.table(features.SUPPORT_FEATURES)],
-        "training": [lake.table(features.TRAINING_SET)],
+        "raw": [stages.raw_table(lake, s) for s in sources],
+        "bronze": [stages.bronze_table(lake, s) for s in sources],
+        "silver": [stages.silver_table(lake, s) for s in sources],
+        "features": [lake.table(t.name) for t in use_case.feature_tables],
+        **{model.slug: [lake.table(model.training_table)] for model in use_case.models},
     }
 
 
-def group_freshness(lake: Lake) -> list[GroupFreshness]:
+def group_freshness(lake: Lake, use_case: UseCase) -> list[GroupFreshness]:
     """Per asset group, how many of its tables exist and when the least recently committed one was."""
     out = []
-    for group, tables in group_tables(lake).items():
+    for group, tables in group_tables(lake, use_case).items():
         commits = [_last_commit(t) for t in tables]
         present = [c for c in commits if c is not None]
         out.append(GroupFreshness(group, len(commits), len(present), min(present) if len(present) == len(commits) else None))
     return out
 
 
-def platform_status(store: EventStore, lake: Lake) -> PlatformStatus:
-    return PlatformStatus(Lifecycle(store).versions(), group_freshness(lake))
+def platform_status(store: EventStore, lake: Lake, use_case: UseCase) -> PlatformStatus:
+    return PlatformStatus(Lifecycle(store).versions(), group_freshness(lake, use_case))

@@ -1,1 +1,1 @@
-"""Features: daily feature tables computed with PySpark, served by Feast."""
+"""Features: daily feature tables computed with PySpark, registered in and served by Feast."""

@@ -4,7 +4,7 @@ Feast's file (Dask) offline store cannot serve this lake, as checked with Feast 
 it reads a `DeltaFormat` source with `dd.read_parquet` on the folder, ignoring the Delta log,
 so files a re-run removed from the table are read as live rows; and its historical join fails
 ("Divisions calculation failed for non-numeric column '__event_timestamp'") whenever an entity
-has no row in a feature view, which new customers always have. This store plugs in through
+has no row in a feature view, which new entities always have. This store plugs in through
 Feast's offline-store extension point, so `FeatureStore.get_historical_features` and
 `materialize` work unchanged, and it runs on the same engine as every other transform.
 """

@@ -1,7 +1,7 @@
-"""Online features for serving: a batch of customers in one round trip, typed, with a status per value.
+"""Online features for serving: a batch of entities in one round trip, typed, with a status per value.
 
-A customer the store has never seen gets nulls with status `missing`, never an exception; a value
-older than the profile's `stale_after_hours` is returned with status `stale`.
+An entity the store has never seen gets nulls with status `missing`, never an exception; a value
+older than the profile's `features.stale_after_hours` is returned with status `stale`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ class FeatureValue:
 
 
 @dataclass(frozen=True)
-class CustomerFeatures:
-    """One customer's online features, by name."""
+class EntityFeatures:
+    """One entity's online features, by name."""
 
-    customer_id: str
+    key: dict[str, Any]
     values: dict[str, FeatureValue]
 
     def as_dict(self) -> dict[str, Any]:
@@ -42,23 +42,23 @@ class CustomerFeatures:
         return all(v.status == Status.PRESENT for v in self.values.values())
 
 
-def online_features(store: FeatureStore, customer_ids: list[str], service: str = "escalation_v1",
-                    stale_after: timedelta = timedelta(hours=48), now: datetime | None = None) -> list[CustomerFeatures]:
-    """Read a feature service's online values for many customers in one call."""
+def online_features(store: FeatureStore, service: str, entity_rows: list[dict[str, Any]], stale_after: timedelta,
+                    now: datetime | None = None) -> list[EntityFeatures]:
+    """Read a feature service's online values for many entities (their join keys) in one call."""
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-    if not customer_ids:
+    if not entity_rows:
         return []
-    response = store.get_online_features(features=store.get_feature_service(service),
-                                         entity_rows=[{"customer_id": c} for c in customer_ids])
+    response = store.get_online_features(features=store.get_feature_service(service), entity_rows=entity_rows)
     proto = response.proto
     names = list(proto.metadata.feature_names.val)
+    keys = set(entity_rows[0])
     now = now or datetime.now(UTC)
     out = []
-    for row, customer in enumerate(customer_ids):
+    for row, entity in enumerate(entity_rows):
         values: dict[str, FeatureValue] = {}
         for column, name in enumerate(names):
-            if name == "customer_id":
+            if name in keys:
                 continue
             result = proto.results[column]
             raw, status = result.values[row], result.statuses[row]
@@ -69,5 +69,5 @@ def online_features(store: FeatureStore, customer_ids: list[str], service: str =
                 continue
             event_time = datetime.fromtimestamp(result.event_timestamps[row].seconds, tz=UTC)
             values[name] = FeatureValue(value, Status.STALE if now - event_time > stale_after else Status.PRESENT)
-        out.append(CustomerFeatures(customer, values))
+        out.append(EntityFeatures(dict(entity), values))
     return out

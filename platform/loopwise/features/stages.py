@@ -1,66 +1,42 @@
 """Feature tables, online pushes and training sets, with their I/O.
 
-Feature tables read silver for the window plus 90 days back and replace exactly the window.
+A feature table reads the silver history its declaration asks for and replaces exactly the window.
+A training set is a model's labelled entity rows joined, as of each row's time, with its feature
+service through Feast; every write records the Delta versions it read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
-from loopwise.features import online, tables
-from loopwise.lake.tables import (
-    DateRange,
-    Lake,
-    TableRef,
-    WriteResult,
-    overwrite_partitions,
-    overwrite_partitions_arrow,
-)
+from loopwise.features import online
+from loopwise.lake.tables import DateRange, Lake, WriteResult, overwrite_partitions, overwrite_partitions_arrow
 from loopwise.pipelines import stages
-
-ORDER_FEATURES = "features_customer_orders"
-SUPPORT_FEATURES = "features_customer_support"
+from loopwise.usecase import FeatureTable, ModelSpec, Reader
 
 
-def feature_table(lake: Lake, name: str) -> TableRef:
-    return lake.table(name)
+def silver_reader(reads: stages.PinnedReads, lake: Lake) -> Reader:
+    """Read a source's silver table by the source's name, for a window or whole, pinned and recorded."""
+    def read(source: str, window: DateRange | None = None) -> DataFrame:
+        return reads.read(stages.silver_table(lake, source), window)
+
+    return read
 
 
-def _history(window: DateRange) -> DateRange:
-    return DateRange(window.start - timedelta(days=tables.LOOKBACK_DAYS - 1), window.end)
+def build_feature_table(spark: SparkSession, lake: Lake, table: FeatureTable, window: DateRange) -> WriteResult:
+    """A feature table's rows as of the end of each day in `window`."""
+    reads = stages.PinnedReads(spark)
+    features = table.build(silver_reader(reads, lake), window)
+    return overwrite_partitions(features, lake.table(table.name), window, inputs=reads.versions)
 
 
-def _silver(spark: SparkSession, lake: Lake, source: str, window: DateRange) -> DataFrame:
-    table = stages.silver_table(lake, source)
-    return stages.read_window(spark, table, window)
-
-
-def build_order_features(spark: SparkSession, lake: Lake, window: DateRange) -> WriteResult:
-    """Customer order features as of the end of each day in `window`."""
-    orders = _silver(spark, lake, "orders", _history(window))
-    first = tables.first_order_dates(_silver(spark, lake, "orders", DateRange(DateRange.EPOCH, window.end)))
-    features = tables.customer_order_features(orders, first, window)
-    return overwrite_partitions(features, feature_table(lake, ORDER_FEATURES), window)
-
-
-def build_support_features(spark: SparkSession, lake: Lake, window: DateRange) -> WriteResult:
-    """Customer support features as of the end of each day in `window`."""
-    history = _history(window)
-    tickets = _silver(spark, lake, "tickets", history)
-    outcomes = _silver(spark, lake, "ticket_outcomes", history)
-    features = tables.customer_support_features(tickets, outcomes, window)
-    return overwrite_partitions(features, feature_table(lake, SUPPORT_FEATURES), window)
-
-
-def push_online(store: Any, lake: Lake, view: str, table: str, window: DateRange) -> online.PushResult:
+def push_online(store: Any, lake: Lake, table: FeatureTable, window: DateRange) -> online.PushResult:
     """Push the window's newest row per entity of a feature table into the online store."""
-    return online.push(store, view, feature_table(lake, table).read(predicate=window))
+    return online.push(store, table.view, lake.table(table.name).read(predicate=window))
 
 
 @dataclass
@@ -70,38 +46,41 @@ class TrainingSet:
     write: WriteResult
     positives: int
     service: str
-    input_versions: dict[str, int | None]
 
     @property
     def label_rate(self) -> float:
         return self.positives / self.write.rows if self.write.rows else 0.0
 
-
-TRAINING_SET = "training_set"
-LABEL = "escalated"
-
-
-def labelled_tickets(spark: SparkSession, lake: Lake) -> DataFrame:
-    """Tickets whose outcome is known: the entity rows of a training set, timed at ticket creation."""
-    tickets = spark.read.format("delta").load(stages.silver_table(lake, "tickets").uri)
-    outcomes = spark.read.format("delta").load(stages.silver_table(lake, "ticket_outcomes").uri)
-    return (tickets.join(outcomes.select("ticket_id", "escalated", "resolved_at"), "ticket_id")
-            .select("ticket_id", "customer_id", F.col("created_at").alias("event_timestamp"), "channel", "text",
-                    LABEL, "resolved_at", F.col("created_date").alias("partition_date")))
+    @property
+    def input_versions(self) -> dict[str, int]:
+        return self.write.inputs
 
 
-def build_training_set(spark: SparkSession, lake: Lake, store: Any, service: str) -> TrainingSet:
-    """Labels joined, as of each ticket's creation, with the feature service's features (Feast)."""
+def service_feature_tables(store: Any, service: str, tables: tuple[FeatureTable, ...]) -> list[FeatureTable]:
+    """The feature tables behind a Feast feature service's views."""
+    views = {p.name for p in store.get_feature_service(service).feature_view_projections}
+    return [t for t in tables if t.view in views]
+
+
+def build_training_set(spark: SparkSession, lake: Lake, store: Any, spec: ModelSpec,
+                       feature_tables: tuple[FeatureTable, ...]) -> TrainingSet:
+    """The model's labelled rows joined, as of each row's `event_timestamp`, with its feature service (Feast)."""
     from loopwise.features.store import historical_features
 
-    inputs = [stages.silver_table(lake, "tickets"), stages.silver_table(lake, "ticket_outcomes"),
-              feature_table(lake, ORDER_FEATURES), feature_table(lake, SUPPORT_FEATURES)]
-    versions = {t.name: t.current_version() for t in inputs}
-    entity_df = labelled_tickets(spark, lake).toPandas()
+    reads = stages.PinnedReads(spark)
+    entity_df = spec.rows(silver_reader(reads, lake)).toPandas()
     if entity_df.empty:
-        raise ValueError("no labelled tickets yet: materialize silver_tickets and silver_ticket_outcomes first")
-    joined = historical_features(store, entity_df, service)
-    data = pa.Table.from_pandas(joined.sort_values("ticket_id").reset_index(drop=True), preserve_index=False)
+        raise ValueError(f"{spec.name}: no labelled rows yet (materialize {', '.join(spec.reads)} first)")
+    missing = [c for c in ("event_timestamp", spec.label, spec.split_key, "partition_date") if c not in entity_df]
+    if missing:
+        raise ValueError(f"{spec.name}: its rows() returned no column {missing}; see loopwise.usecase.ModelSpec")
+    # Feast's offline store reads the feature tables at their current versions: record those.
+    versions = dict(reads.versions)
+    for table in service_feature_tables(store, spec.feature_service, feature_tables):
+        versions[table.name] = lake.table(table.name).current_version()
+    joined = historical_features(store, entity_df, spec.feature_service)
+    data = pa.Table.from_pandas(joined.sort_values(spec.split_key).reset_index(drop=True), preserve_index=False)
     window = DateRange(min(entity_df["partition_date"]), max(entity_df["partition_date"]))
-    write = overwrite_partitions_arrow(data, lake.table(TRAINING_SET), DateRange(DateRange.EPOCH, window.end))
-    return TrainingSet(write, int(joined[LABEL].sum()), service, versions)
+    write = overwrite_partitions_arrow(data, lake.table(spec.training_table), DateRange(DateRange.EPOCH, window.end),
+                                       inputs={k: v for k, v in versions.items() if v is not None})
+    return TrainingSet(write, int(joined[spec.label].sum()), spec.feature_service)

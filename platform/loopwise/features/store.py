@@ -132,5 +132,5 @@ def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
 
 
 def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
-    """Point-in-time join of `entity_df` (customer_id, event_timestamp, ...) with a feature service."""
+    """Point-in-time join of `entity_df` (join keys, event_timestamp, ...) with a feature service."""
     return store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(service)).to_df()

@@ -105,6 +105,7 @@ class WriteResult:
     partitions: str
     added_columns: list[str] = field(default_factory=list)
     schema: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, int] = field(default_factory=dict)  # the Delta version of each table the write read
 
 
 class Lake:
@@ -161,7 +162,7 @@ def _replace_predicate(table: TableRef, window: DateRange, where: dict[str, str]
 
 
 def overwrite_partitions(df: DataFrame, table: TableRef, window: DateRange,
-                         where: dict[str, str] | None = None) -> WriteResult:
+                         where: dict[str, str] | None = None, inputs: dict[str, int] | None = None) -> WriteResult:
     """Replace exactly the partitions in `window` (and `where`) with `df`; return the committed version.
 
     Delta commits atomically: a write killed midway leaves the table at its previous version.
@@ -171,11 +172,11 @@ def overwrite_partitions(df: DataFrame, table: TableRef, window: DateRange,
     if table.exists():
         writer = writer.option("replaceWhere", _replace_predicate(table, window, where))
     writer.save(table.uri)
-    return _result(table, window, added, where)
+    return _result(table, window, added, where, inputs)
 
 
 def overwrite_partitions_arrow(data: pa.Table, table: TableRef, window: DateRange,
-                               where: dict[str, str] | None = None) -> WriteResult:
+                               where: dict[str, str] | None = None, inputs: dict[str, int] | None = None) -> WriteResult:
     """The same contract as `overwrite_partitions`, for data already in Python (delta-rs)."""
     added = _guard_schema(table, data.schema)
     write_deltalake(
@@ -183,10 +184,11 @@ def overwrite_partitions_arrow(data: pa.Table, table: TableRef, window: DateRang
         predicate=_replace_predicate(table, window, where) if table.exists() else None,
         storage_options=table.storage_options or None,
     )
-    return _result(table, window, added, where)
+    return _result(table, window, added, where, inputs)
 
 
-def _result(table: TableRef, window: DateRange, added: list[str], where: dict[str, str] | None) -> WriteResult:
+def _result(table: TableRef, window: DateRange, added: list[str], where: dict[str, str] | None,
+            inputs: dict[str, int] | None) -> WriteResult:
     delta = table.delta()
     assert delta is not None, f"{table.uri} has no Delta log after a write"
     column = pads.field(table.partition_column)
@@ -194,4 +196,4 @@ def _result(table: TableRef, window: DateRange, added: list[str], where: dict[st
     for key, value in (where or {}).items():
         condition = condition & (pads.field(key) == value)
     rows = delta.to_pyarrow_dataset().count_rows(filter=condition)
-    return WriteResult(table.name, delta.version(), rows, str(window), added, table.schema())
+    return WriteResult(table.name, delta.version(), rows, str(window), added, table.schema(), dict(inputs or {}))

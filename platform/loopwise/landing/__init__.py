@@ -1,1 +1,1 @@
-"""The landing zone: synthetic daily feeds, malformed rows, and reading files as landed."""
+"""The landing zone: landing a use case's synthetic feed with malformed rows, and reading files as landed."""

@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loopwise.contracts import SOURCES, SourceContract
+from loopwise.contracts import SourceContract
 from loopwise.landing import malformed
-from loopwise.landing.synthetic import DriftSpec, generate_day
+from loopwise.usecase import UseCase
 
 FORMATS = ("csv", "parquet")
 
@@ -75,17 +75,17 @@ def write_landing_file(root: Path, contract: SourceContract, day: date, records:
     return path
 
 
-def land_day(root: Path, day: date, tickets_per_day: int = 2000, seed: int = 7, drift: str | None = None,
+def land_day(use_case: UseCase, root: Path, day: date, rows: int = 2000, seed: int = 7, drift: str | None = None,
              bad_row_fraction: float = 0.0, fmt: str = "csv") -> list[LandedFile]:
-    """Generate and land one day's files for every source."""
+    """Generate one day of the use case's synthetic feed and land every source's file."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown landing format {fmt!r}; use one of {FORMATS}")
     if not 0.0 <= bad_row_fraction <= 0.5:
         raise ValueError(f"--bad-rows must be between 0 and 0.5, got {bad_row_fraction}")
-    feed = generate_day(day, tickets_per_day, seed, DriftSpec.parse(drift))
+    frames = use_case.feed.generate(day, rows, seed, drift)
     landed = []
-    for name, frame in feed.frames.items():
-        contract = SOURCES[name]
+    for name, frame in frames.items():
+        contract = use_case.source(name).contract
         records, bad = malformed.inject(frame, contract, bad_row_fraction, seed + day.toordinal(), fmt)
         path = write_landing_file(root, contract, day, records, fmt)
         landed.append(LandedFile(name, path, len(records), bad))

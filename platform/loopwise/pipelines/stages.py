@@ -22,6 +22,7 @@ from loopwise.lake.tables import (
 )
 from loopwise.landing import zone
 from loopwise.pipelines import transforms
+from loopwise.usecase import Source
 from loopwise.validation.suites import ValidationReport, validate
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,30 @@ class BronzeResult:
         return self.validation.bad_fraction <= self.max_bad_row_fraction
 
 
+class PinnedReads:
+    """Delta tables read for one stage, each pinned to the version current at its first read.
+
+    The versions are what the stage records for lineage, so a trace stays exact after later writes.
+    """
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        self.versions: dict[str, int] = {}
+
+    def read(self, table: TableRef, window: DateRange | None = None) -> DataFrame:
+        version = self.versions.get(table.name)
+        if version is None:
+            version = table.current_version()
+            if version is None:
+                raise FileNotFoundError(f"table {table.name} does not exist yet at {table.uri} (materialize the "
+                                        f"asset {table.name}{f' for {window}' if window else ''} first)")
+            self.versions[table.name] = version
+        df = self.spark.read.format("delta").option("versionAsOf", version).load(table.uri)
+        return df if window is None else df.where(window.predicate(table.partition_column))
+
+
 def read_window(spark: SparkSession, table: TableRef, window: DateRange) -> DataFrame:
-    if not table.exists():
-        raise FileNotFoundError(f"table {table.name} does not exist yet at {table.uri} "
-                                f"(materialize its upstream asset for {window} first)")
-    return spark.read.format("delta").load(table.uri).where(window.predicate(table.partition_column))
+    return PinnedReads(spark).read(table, window)
 
 
 def bad_rows_frame(spark: SparkSession, report: ValidationReport) -> DataFrame:
@@ -104,10 +124,12 @@ def bad_rows_frame(spark: SparkSession, report: ValidationReport) -> DataFrame:
 def build_bronze(spark: SparkSession, lake: Lake, contract: SourceContract, window: DateRange,
                  max_bad_row_fraction: float, now: datetime | None = None) -> BronzeResult:
     """Validate raw rows; typed good rows replace the window in bronze, bad rows go to quarantine."""
-    raw = read_window(spark, raw_table(lake, contract.name), window)
+    reads = PinnedReads(spark)
+    raw = reads.read(raw_table(lake, contract.name), window)
     report = validate(raw, contract)
     bad = bad_rows_frame(spark, report)
-    write = overwrite_partitions(transforms.bronze(raw, bad, contract), bronze_table(lake, contract.name), window)
+    write = overwrite_partitions(transforms.bronze(raw, bad, contract), bronze_table(lake, contract.name), window,
+                                 inputs=reads.versions)
     at = now or datetime.now(UTC).replace(tzinfo=None)
     quarantined = transforms.quarantine(raw, bad, contract.name, at)
     q = overwrite_partitions(quarantined, quarantine_table(lake), window, where={"source": contract.name})
@@ -115,10 +137,11 @@ def build_bronze(spark: SparkSession, lake: Lake, contract: SourceContract, wind
     return BronzeResult(write, report, q.version, max_bad_row_fraction)
 
 
-def build_silver(spark: SparkSession, lake: Lake, contract: SourceContract, window: DateRange) -> WriteResult:
-    """Conform bronze rows of the window into `silver_<source>`."""
-    bronze = read_window(spark, bronze_table(lake, contract.name), window)
-    return overwrite_partitions(transforms.SILVER[contract.name](bronze), silver_table(lake, contract.name), window)
+def build_silver(spark: SparkSession, lake: Lake, source: Source, window: DateRange) -> WriteResult:
+    """Conform bronze rows of the window into `silver_<source>` with the source's silver transform."""
+    reads = PinnedReads(spark)
+    bronze = reads.read(bronze_table(lake, source.name), window)
+    return overwrite_partitions(source.silver(bronze), silver_table(lake, source.name), window, inputs=reads.versions)
 
 
 def quarantine_counts(lake: Lake) -> dict[str, int]:

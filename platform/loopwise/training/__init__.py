@@ -1,1 +1,1 @@
-"""Training: the escalation model and the one training loop (CPU and GPU, the same code)."""
+"""Training: any declared torch model through one training loop (CPU and GPU, the same code)."""

@@ -1,44 +1,90 @@
-"""From a training set (labels joined with features) to tensors: a stable split, features, embeddings."""
+"""From a training set (labelled rows joined with features) to tensors: the input layout, a stable split.
+
+The layout is derived from the Feast feature service (the one place feature names are written)
+and the model's declared request-time inputs; it is logged with the model, so serving builds
+exactly the matrix training saw.
+"""
 
 from __future__ import annotations
 
+import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from loopwise.contracts import CHANNELS
-
-NUMERIC_FEATURES = (
-    "orders_7d", "orders_30d", "orders_90d", "amount_eur_sum_30d", "amount_eur_sum_90d", "amount_eur_mean_90d",
-    "refund_rate_90d", "cancel_rate_90d", "days_since_last_order", "tenure_days", "tickets_7d", "tickets_30d",
-    "tickets_90d", "share_email_30d", "share_chat_30d", "share_phone_30d", "share_web_form_30d", "escalations_90d",
-    "resolved_tickets_90d", "escalation_rate_90d",
-)
-FEATURE_NAMES = (*NUMERIC_FEATURES, *(f"channel_{c}" for c in CHANNELS), "has_order_history", "has_support_history")
+from loopwise.usecase import ModelSpec
 
 
-def split_of(ticket_id: str, validation: float = 0.15, holdout: float = 0.15) -> str:
-    """train, validation or holdout: stable per ticket, whatever else is in the data."""
-    bucket = zlib.crc32(ticket_id.encode()) % 1000 / 1000
+@dataclass(frozen=True)
+class InputLayout:
+    """A model's input columns in order: service features, a presence flag per view, request-time inputs."""
+
+    features: tuple[str, ...]
+    presence: tuple[tuple[str, str], ...] = ()  # (flag, a feature of the view): the view had no row when it is null
+    numeric: tuple[str, ...] = ()
+    categorical: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    text: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.features, *(flag for flag, _ in self.presence), *self.numeric,
+                *(f"{column}={level}" for column, levels in self.categorical.items() for level in levels)]
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns a frame must hold to be scored (features, then request-time inputs)."""
+        return [*self.features, *self.numeric, *self.categorical, *([self.text] if self.text else [])]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> InputLayout:
+        raw = json.loads(text)
+        return cls(tuple(raw["features"]), tuple(tuple(p) for p in raw["presence"]), tuple(raw["numeric"]),
+                   {k: tuple(v) for k, v in raw["categorical"].items()}, raw["text"])
+
+
+def layout_for(store: Any, spec: ModelSpec) -> InputLayout:
+    """The layout of a declared model: its Feast feature service's features and its request-time inputs."""
+    service = store.get_feature_service(spec.feature_service)
+    features: list[str] = []
+    presence: list[tuple[str, str]] = []
+    for projection in service.feature_view_projections:
+        names = [f.name for f in projection.features]
+        features += names
+        if names:
+            presence.append((f"has_{projection.name}", names[0]))
+    return InputLayout(tuple(features), tuple(presence), tuple(spec.numeric), dict(spec.categorical), spec.text)
+
+
+def split_of(key: str, validation: float = 0.15, holdout: float = 0.15) -> str:
+    """train, validation or holdout: stable per key, whatever else is in the data."""
+    bucket = zlib.crc32(str(key).encode()) % 1000 / 1000
     return "holdout" if bucket < holdout else "validation" if bucket < holdout + validation else "train"
 
 
-def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """Numeric features (nulls as 0 with presence flags) and the ticket's channel, one-hot."""
-    numeric = frame.reindex(columns=list(NUMERIC_FEATURES)).astype("float64")
-    flags = np.stack([frame.reindex(columns=["orders_90d"])["orders_90d"].notna().to_numpy(),
-                      frame.reindex(columns=["tickets_90d"])["tickets_90d"].notna().to_numpy()], axis=1)
-    channels = np.stack([(frame["channel"] == c).to_numpy() for c in CHANNELS], axis=1)
-    return np.concatenate([numeric.fillna(0.0).to_numpy(), channels, flags], axis=1).astype(np.float32)
+def feature_matrix(frame: pd.DataFrame, layout: InputLayout) -> np.ndarray:
+    """Numeric features (nulls as 0, with a presence flag per view), numeric inputs, one-hot categoricals."""
+    features = frame.reindex(columns=list(layout.features)).astype("float64")
+    parts = [features.fillna(0.0).to_numpy()]
+    if layout.presence:
+        parts.append(np.stack([features[column].notna().to_numpy() for _, column in layout.presence], axis=1))
+    if layout.numeric:
+        parts.append(frame.reindex(columns=list(layout.numeric)).astype("float64").fillna(0.0).to_numpy())
+    for column, levels in layout.categorical.items():
+        parts.append(np.stack([(frame[column] == level).to_numpy() for level in levels], axis=1))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 @dataclass
 class Prepared:
-    """Tensors per split, and the feature standardization the model keeps."""
+    """Tensors per split, the feature standardization the model keeps, and each split's rows."""
 
     splits: dict[str, TensorDataset]
     mean: torch.Tensor
@@ -52,17 +98,18 @@ def tokenize(tokenizer: object, texts: list[str], max_length: int = 64) -> tuple
     return batch["input_ids"], batch["attention_mask"]
 
 
-def prepare(frame: pd.DataFrame, text: torch.Tensor | tuple[torch.Tensor, ...], label: str = "escalated") -> Prepared:
-    """Split, build features, and attach each row's text: an embedding (frozen encoder) or token ids and mask."""
-    features = torch.from_numpy(feature_matrix(frame))
+def prepare(frame: pd.DataFrame, layout: InputLayout, label: str, split_key: str,
+            text: torch.Tensor | tuple[torch.Tensor, ...] | None = None) -> Prepared:
+    """Split by key, build the input matrix, attach each row's text (an embedding, or token ids and mask)."""
+    features = torch.from_numpy(feature_matrix(frame, layout))
     labels = torch.tensor(frame[label].astype("float32").to_numpy())
-    split = frame["ticket_id"].map(split_of).to_numpy()
+    split = frame[split_key].map(split_of).to_numpy()
     train = torch.from_numpy(split == "train")
     mean, std = features[train].mean(0), features[train].std(0).clamp(min=1e-6)
+    texts = () if text is None else text if isinstance(text, tuple) else (text,)
     splits, frames = {}, {}
     for name in ("train", "validation", "holdout"):
         mask = torch.from_numpy(split == name)
-        texts = text if isinstance(text, tuple) else (text,)
         splits[name] = TensorDataset(features[mask], *(t[mask] for t in texts), labels[mask])
         frames[name] = frame[split == name].reset_index(drop=True)
     return Prepared(splits, mean, std, frames)

