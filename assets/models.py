@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from loopwise.config import load_settings
 from loopwise.registry import CHAMPION
 from loopwise.usecase import ModelSpec
 
@@ -28,6 +29,11 @@ def k8s_tags(gpus: int, memory: str, priority_class: str) -> dict[str, Any]:
         resources["requests"]["nvidia.com/gpu"] = gpus
     return {"dagster-k8s/config": {"container_config": {"resources": resources},
                                    "pod_spec_config": {"priority_class_name": priority_class}}}
+
+
+# What the training pod asks Kubernetes for is part of the definitions, like the partitions: read when they load.
+_training = load_settings().training
+TRAINING_POD = k8s_tags(_training.gpus, _training.memory, _training.priority_class)
 
 
 def keys(spec: ModelSpec) -> dict[str, dg.AssetKey]:
@@ -66,6 +72,7 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         })
 
     @dg.asset(key=k["trained_model"], deps=[k["training_set"]], group_name=group, kinds={"pytorch", "mlflow"},
+              op_tags=TRAINING_POD,
               description=f"{spec.name}: trained on its training set and logged to MLflow with its lineage. "
                           f"{spec.description}")
     def trained_model(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource,
@@ -81,7 +88,7 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         tags = {"lineage.training_table": spec.training_table, "lineage.training_set_version": str(version),
                 "lineage.feature_service": spec.feature_service,
                 "lineage.partitions": f"{frame['partition_date'].min()}..{frame['partition_date'].max()}",
-                "lineage.inputs": json.dumps(inputs), "dagster.run_id": context.run_id,
+                "lineage.inputs": json.dumps(inputs), "dagster.run_id": context.run.run_id,
                 "dagster.training_set_run_id": upstream["run_id"], "loopwise.model": spec.name}
         layout = layout_for(feast.store(), spec)
         checkpoints = Path(training.checkpoint_dir) / spec.slug / f"training_set-v{version}"

@@ -1,8 +1,11 @@
-"""Shared fixtures: an isolated data root per test, one embedded Sail session per test process."""
+"""Shared fixtures: an isolated data root per test, one embedded Sail session per test process, and one
+platform built once per session (`built`) for every test that only reads what the main job makes."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -99,3 +102,50 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as url:
         yield url
+
+
+@dataclass
+class Built:
+    """A platform built once per test session through the main job's runs (read it, never change it)."""
+
+    settings: Settings
+    instance: object  # dagster.DagsterInstance
+    steps: list[object]  # jobs.main.StepResult, in order
+    landed: list[object]  # loopwise.landing.zone.LandedFile of both days
+    env: dict[str, str]
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(self.settings.lake_uri)
+
+
+BUILT_ENV = {"LOOPWISE_PROFILE": "test", "LOOPWISE__TRAINING__EPOCHS": "3",
+             # The gate is tested on its own; here every model must register, whatever 2 days of data give.
+             "LOOPWISE__REGISTRY__FLOORS": "{auc: 0.0}", "LOOPWISE__REGISTRY__CEILINGS": "{brier: 1.0}"}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """Two landed days (with malformed rows) through raw, bronze, silver, features, the online store, and every
+    declared model trained, evaluated and registered: the main job's own runs (`jobs.main.run`), once per session."""
+    import dagster as dg
+    from loopwise.landing import zone
+    from supportdesk import USE_CASE
+
+    from jobs import main
+
+    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(tmp_path_factory.mktemp("built") / "data")}
+    with dg.instance_for_test() as instance:
+        # The profile comes from the environment (feature_repo/ reads the lake's location from it too):
+        # set it while building only, so the tests that follow see their own.
+        with pytest.MonkeyPatch.context() as patch:
+            for name in [n for n in os.environ if n.startswith("LOOPWISE")]:
+                patch.delenv(name)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            settings = load_settings()
+            landed = [f for day in (DAY1, DAY2) for f in
+                      zone.land_day(USE_CASE, settings.paths.landing, day, 200, seed=15, bad_row_fraction=0.02)]
+            steps = list(main.run(settings, instance, [DAY1, DAY2]))
+        assert [s.success for s in steps] == [True] * len(main.steps()), [(s.title, s.error) for s in steps]
+        yield Built(settings, instance, steps, landed, env)

@@ -5,7 +5,10 @@ from pathlib import Path
 
 from loopwise.cli import app
 from loopwise.config import Settings
+from supportdesk import USE_CASE
 from typer.testing import CliRunner
+
+from tests.conftest import Built
 
 runner = CliRunner()
 
@@ -68,7 +71,7 @@ def test_audit_verify_names_a_tampered_record_and_status_shows_versions(settings
     assert status.exit_code == 0, status.output
     assert "ticket-escalation/1" in status.output and "challenger" in status.output
     assert "raw" in status.output and "never materialized" in status.output
-    assert "features" in status.output and "training" in status.output
+    assert "features" in status.output and "ticket_escalation" in status.output and "order_refund_risk" in status.output
     assert runner.invoke(app, ["audit", "verify"]).exit_code == 0
     out = tmp_path / "audit.jsonl"
     assert "wrote 4 events" in runner.invoke(app, ["audit", "export", "--out", str(out)]).output
@@ -79,3 +82,19 @@ def test_audit_verify_names_a_tampered_record_and_status_shows_versions(settings
     conn.commit()
     verify = runner.invoke(app, ["audit", "verify"])
     assert verify.exit_code == 1 and "record 4 was edited" in verify.output
+
+
+def test_status_and_lineage_work_for_every_model(built: Built, monkeypatch) -> None:
+    for name, value in built.env.items():
+        monkeypatch.setenv(name, value)
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    for spec in USE_CASE.models:
+        assert re.search(rf"{spec.name}/1\s+challenger", status.output), status.output
+        assert re.search(rf"{spec.slug}\s+1/1 tables", status.output)
+        chain = runner.invoke(app, ["lineage", f"{spec.name}@challenger"])
+        assert chain.exit_code == 0, chain.output
+        assert spec.training_table in chain.output and spec.feature_service in chain.output
+        assert re.search(r"raw_orders\s+Delta version 0, partitions 2026-03-02..2026-03-03", chain.output)
+    unknown = runner.invoke(app, ["lineage", "no-such-model@champion"])
+    assert unknown.exit_code == 2 and "no lineage for no-such-model@champion" in unknown.output

@@ -5,14 +5,18 @@ from datetime import date
 import dagster as dg
 import pytest
 from loopwise.config import Settings
-from loopwise.contracts import SOURCES
+from loopwise.contracts import Column, SourceContract
 from loopwise.lake.tables import DateRange, Lake
 from loopwise.landing import zone
 from loopwise.pipelines import stages
+from loopwise.usecase import Source
+from supportdesk import USE_CASE
 
 from assets import DATA_LAYER_ASSETS
 from resources import LakeResource, SparkResource
-from tests.conftest import DAY1, DAY2
+from tests.conftest import DAY1, DAY2, Built
+
+SOURCES = [s.name for s in USE_CASE.sources]
 
 
 def resources(settings: Settings, threshold: float | None = None) -> dict[str, object]:
@@ -39,7 +43,7 @@ def counts(lake: Lake, window: DateRange) -> dict[str, int]:
 
 def test_two_partitions_then_one_again_is_idempotent(settings: Settings, lake: Lake) -> None:
     for day in (DAY1, DAY2):
-        zone.land_day(settings.paths.landing, day, 150, seed=3)
+        zone.land_day(USE_CASE, settings.paths.landing, day, 150, seed=3)
     with dg.instance_for_test() as instance:
         assert materialize(settings, instance, DAY1).success
         assert materialize(settings, instance, DAY2).success
@@ -55,20 +59,17 @@ def test_two_partitions_then_one_again_is_idempotent(settings: Settings, lake: L
         assert all(v > 0 for v in day2_only.values())
 
 
-def test_a_backfill_range_runs_as_one_run(settings: Settings, lake: Lake) -> None:
-    for day in (DAY1, DAY2):
-        zone.land_day(settings.paths.landing, day, 100, seed=4)
-    with dg.instance_for_test() as instance:
-        result = materialize(settings, instance, DAY1, DAY2)
-        assert result.success
-        assert len(instance.get_runs()) == 1
-        assert stages.silver_table(lake, "orders").current_version() == 0  # one commit for both days
-        assert stages.silver_table(lake, "orders").count(DateRange.of(DAY1)) > 0
-        assert stages.silver_table(lake, "orders").count(DateRange.of(DAY2)) > 0
+def test_a_backfill_range_runs_as_one_run(built: Built) -> None:
+    # The main job's data-layer step is a single-run backfill of both days.
+    runs = [r for r in built.instance.get_runs() if r.tags.get("loopwise/step", "").startswith("landing files")]  # type: ignore[attr-defined]
+    assert len(runs) == 1 and runs[0].tags["dagster/asset_partition_range_end"] == DAY2.isoformat()
+    silver = stages.silver_table(built.lake, "orders")
+    assert silver.current_version() == 0  # one commit for both days
+    assert silver.count(DateRange.of(DAY1)) > 0 and silver.count(DateRange.of(DAY2)) > 0
 
 
 def test_quarantine_holds_exactly_the_bad_rows_and_silver_none(settings: Settings, lake: Lake) -> None:
-    landed = zone.land_day(settings.paths.landing, DAY1, 200, seed=5, bad_row_fraction=0.03)
+    landed = zone.land_day(USE_CASE, settings.paths.landing, DAY1, 200, seed=5, bad_row_fraction=0.03)
     with dg.instance_for_test() as instance:
         result = materialize(settings, instance, DAY1)
         assert result.success
@@ -84,13 +85,13 @@ def test_quarantine_holds_exactly_the_bad_rows_and_silver_none(settings: Setting
         assert evaluation.passed
         assert evaluation.metadata["rows_quarantined"].value == len(next(f for f in landed if f.source == "orders").bad_lines)
         # A clean re-landing of the day clears its quarantine: the partition is replaced, not appended.
-        zone.land_day(settings.paths.landing, DAY1, 200, seed=5, bad_row_fraction=0.0)
+        zone.land_day(USE_CASE, settings.paths.landing, DAY1, 200, seed=5, bad_row_fraction=0.0)
         assert materialize(settings, instance, DAY1).success
         assert stages.quarantine_counts(lake) == {}
 
 
 def test_above_the_threshold_the_blocking_check_stops_downstream(settings: Settings, lake: Lake) -> None:
-    zone.land_day(settings.paths.landing, DAY1, 150, seed=6, bad_row_fraction=0.2)
+    zone.land_day(USE_CASE, settings.paths.landing, DAY1, 150, seed=6, bad_row_fraction=0.2)
     with dg.instance_for_test() as instance:
         result = materialize(settings, instance, DAY1, threshold=0.05)
         assert not result.success
@@ -114,7 +115,7 @@ def test_a_missing_landing_file_fails_with_the_path_and_the_command(settings: Se
 
 
 def test_a_landed_schema_change_is_reported_and_nothing_dropped(settings: Settings, lake: Lake) -> None:
-    zone.land_day(settings.paths.landing, DAY1, 80, seed=7)
+    zone.land_day(USE_CASE, settings.paths.landing, DAY1, 80, seed=7)
     path = settings.paths.landing / "orders" / "2026-03-02.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0] + ",coupon"] + [line + ",SPRING26" for line in lines[1:]]) + "\n")
@@ -130,7 +131,7 @@ def test_a_landed_schema_change_is_reported_and_nothing_dropped(settings: Settin
 
 @pytest.mark.parametrize("missing", ["currency"])
 def test_a_missing_column_blocks_downstream(settings: Settings, lake: Lake, missing: str) -> None:
-    zone.land_day(settings.paths.landing, DAY1, 80, seed=7)
+    zone.land_day(USE_CASE, settings.paths.landing, DAY1, 80, seed=7)
     path = settings.paths.landing / "orders" / "2026-03-02.csv"
     header, *rows = path.read_text().splitlines()
     drop = header.split(",").index(missing)
@@ -141,3 +142,35 @@ def test_a_missing_column_blocks_downstream(settings: Settings, lake: Lake, miss
         evaluation = next(e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("raw_orders"))
         assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
         assert not stages.bronze_table(lake, "orders").exists()
+
+
+RETURNS = Source(
+    SourceContract("returns", key="return_id", event_time="returned_at", columns=(
+        Column("return_id", "id"), Column("order_id", "id"), Column("returned_at", "timestamp"),
+        Column("reason", "enum", allowed=("damaged", "late", "changed_mind")))),
+    silver=lambda bronze: bronze.select("return_id", "order_id", "returned_at", "reason",
+                                        (bronze["reason"] == "damaged").alias("is_damaged"), "partition_date"),
+    silver_description="Returns with a damage flag.",
+)
+
+
+def test_a_new_source_needs_its_contract_and_silver_transform_only(settings: Settings, lake: Lake) -> None:
+    """A source declared here (nothing else written) gets raw, bronze (with validation) and silver assets."""
+    from assets.bronze import bronze_asset
+    from assets.raw import raw_asset
+    from assets.silver import silver_asset
+
+    path = settings.paths.landing / "returns" / f"{DAY1}.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("return_id,order_id,returned_at,reason\n"
+                    "R1,O1,2026-03-02 10:00:00,damaged\nR2,O2,2026-03-02 11:00:00,late\n"
+                    "R3,O3,yesterday,late\nR4,O4,2026-03-02 12:00:00,lost\n")
+    assets = [raw_asset(RETURNS.contract), bronze_asset(RETURNS.contract), silver_asset(RETURNS)]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, instance=instance, resources=resources(settings, threshold=0.5),
+                                partition_key=DAY1.isoformat())
+    assert result.success
+    silver = stages.silver_table(lake, "returns").read().to_pylist()
+    assert [(r["return_id"], r["is_damaged"]) for r in silver] == [("R1", True), ("R2", False)]
+    quarantined = {r["line"]: r["failed_expectations"] for r in stages.quarantine_table(lake).read().to_pylist()}
+    assert set(quarantined) == {3, 4} and "returned_at" in quarantined[3] and "reason" in quarantined[4]

@@ -1,7 +1,7 @@
 """The README's first command, `loopwise demo`, end to end on the embedded default, as a user runs it.
 
-Each step is a real Dagster run in a subprocess (Sail, Delta, Feast, MLflow, the audit trail), so
-these are the slowest tests: about four minutes for the passing loop, two for the refused gate.
+Each step is a real Dagster run on the instance (Sail, Delta, Feast, MLflow, the audit trail) for every
+declared model, so these are the slowest tests: a few minutes for the passing loop, one for the refused gate.
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ def test_demo_lands_builds_trains_and_registers_with_lineage_to_the_raw_files(tm
         assert rows and int(rows.group(1)) > 0, (table, out)
     for source in ("tickets", "orders", "ticket_outcomes"):
         assert re.search(rf"quarantined {source}\s+[1-9]\d* rows", out), source
-    assert re.search(r"^training_set\s+0\s+\d+\s+\(escalation rate \d", out, re.M)
-    assert "  tickets_30d" in out and "present" in out
-    assert "ticket-escalation version 1: gate passed" in out
-    for table in ["training_set", "features_customer_orders", *TABLES]:
-        assert re.search(rf"^  {table}\s+Delta version 0", out, re.M), table
+    assert re.search(r"^training_set_ticket_escalation\s+0\s+\d+\s+\(escalated rate \d", out, re.M)
+    assert re.search(r"^training_set_order_refund_risk\s+0\s+\d+\s+\(refunded rate \d", out, re.M)
+    assert re.search(r"online features of \{'customer_id': 'C\d+'\} \(feature service escalation_v1\): 20 values", out)
+    for model in ("ticket-escalation", "order-refund-risk"):
+        assert f"{model} version 1: gate passed" in out
+    for table in ["training_set_ticket_escalation", "features_customer_orders", *TABLES]:
+        assert re.search(rf"^    {table}\s+Delta version 0", out, re.M), table
+    assert "Traceback" not in out + done.stderr
     assert "done: open the lineage with `make dev`" in out
     assert "DeprecationWarning" not in done.stderr  # libraries' notices stay quiet, Feast's import included
     assert (data / "dagster").is_dir()
@@ -48,8 +51,10 @@ def test_demo_lands_builds_trains_and_registers_with_lineage_to_the_raw_files(tm
 def test_a_refused_gate_stops_the_demo_with_its_reasons_not_a_traceback(tmp_path: Path) -> None:
     done = loopwise(tmp_path / "data", "demo", LOOPWISE_PROFILE="test", LOOPWISE__REGISTRY__FLOORS="{auc: 0.999}")
     assert done.returncode == 1
-    assert "ticket-escalation version 1: gate refused" in done.stdout
+    for model in ("ticket-escalation", "order-refund-risk"):
+        assert f"{model} version 1: gate refused" in done.stdout
     assert re.search(r"auc [\d.]+ < floor 0\.999", done.stdout)
     assert re.search(r"^silver_orders\s+0\s+\d+$", done.stdout, re.M)  # what ran is still reported
-    assert "stopped by blocking checks: registered_model: passes_gate" in done.stderr
+    assert re.search(r"stopped by blocking checks: (ticket_escalation|order_refund_risk)/registered_model: passes_gate, "
+                     r"(ticket_escalation|order_refund_risk)/registered_model: passes_gate", done.stderr)
     assert "Traceback" not in done.stdout + done.stderr

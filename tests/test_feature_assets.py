@@ -1,64 +1,69 @@
-"""The feature assets in a temporary Dagster instance: registry, daily features, online store, training set."""
+"""The feature assets as the main job ran them: registry, daily features, online store, training sets."""
 
 from datetime import timedelta
-from pathlib import Path
 
 import dagster as dg
-from loopwise.config import Settings
-from loopwise.features import stages as features
-from loopwise.features.retrieval import Status
-from loopwise.features.retrieval import online_features as read_online
-from loopwise.lake.tables import Lake
-from loopwise.landing import zone
+from loopwise.backends import Backends
+from loopwise.features.retrieval import Status, online_features
+from supportdesk import USE_CASE
 
-from assets import ALL_ASSETS, DATA_LAYER_ASSETS, FEATURE_ASSETS
-from assets.features import feast_registry, online_features, training_set
-from resources import FeatureStoreResource
-from tests.conftest import DAY1, DAY2
-from tests.test_data_layer_assets import resources
-
-REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+from assets import ALL_ASSETS
+from assets.models import keys
+from resources import build_resources
+from tests.conftest import Built
 
 
-def test_features_flow_from_silver_to_the_online_store_and_the_training_set(settings: Settings, lake: Lake,
-                                                                            monkeypatch) -> None:
-    for day in (DAY1, DAY2):
-        zone.land_day(settings.paths.landing, day, 120, seed=14)
-    feast = FeatureStoreResource(repo_dir=str(REPO), feast_dir=str(settings.paths.feast))
-    res = {**resources(settings), "feast": feast}
-    partitioned = [a for a in [*DATA_LAYER_ASSETS, *FEATURE_ASSETS] if a not in (feast_registry, training_set)]
-    with dg.instance_for_test() as instance:
-        registry = dg.materialize([feast_registry], instance=instance, resources=res)
-        assert registry.success
-        added = registry.get_asset_materialization_events()[0].materialization.metadata["added"].value
-        assert "feature_view:customer_orders" in added and "feature_service:escalation_v1" in added
-        daily = dg.materialize(partitioned, instance=instance, resources=res, tags={
-            "dagster/asset_partition_range_start": DAY1.isoformat(),
-            "dagster/asset_partition_range_end": DAY2.isoformat()})
-        assert daily.success
-        pushed = next(e for e in daily.get_asset_materialization_events() if e.asset_key == online_features.key)
-        assert pushed.materialization.metadata["customer_orders_entities"].value > 100
-        train = dg.materialize([training_set], instance=instance, resources=res)
-        assert train.success
-        meta = train.get_asset_materialization_events()[0].materialization.metadata
-        assert meta["feature_service"].value == "escalation_v1" and meta["dagster/row_count"].value > 50
-        assert 0 < meta["label_rate"].value < 1
-        again = dg.materialize([feast_registry], instance=instance, resources=res)
-        assert again.get_asset_materialization_events()[0].materialization.metadata["added"].value == "none"
-    customer = lake.table(features.TRAINING_SET).read().column("customer_id")[0].as_py()
-    row = read_online(feast.store(), [customer], stale_after=timedelta(days=36500))[0]
-    assert row.values["orders_90d"].status == Status.PRESENT or row.values["tickets_90d"].status == Status.PRESENT
+def _metadata(built: Built, key: str | dg.AssetKey) -> dict:
+    event = built.instance.get_latest_materialization_event(dg.AssetKey(key) if isinstance(key, str) else key)  # type: ignore[attr-defined]
+    assert event is not None, key
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def test_features_flow_from_silver_to_the_online_store_and_the_training_sets(built: Built) -> None:
+    registry = _metadata(built, "feast_registry")
+    assert "feature_view:customer_orders" in registry["added"]
+    assert {f"feature_service:{m.feature_service}" for m in USE_CASE.models} <= set(registry["added"].split(", "))
+    pushed = _metadata(built, "online_features")
+    assert pushed["customer_orders_entities"] > 100 and pushed["customer_support_entities"] > 50
+    for table in USE_CASE.feature_tables:
+        written = _metadata(built, table.name)
+        assert written["partitions"] == "2026-03-02..2026-03-03"
+        assert set(written["input_versions"]) == {f"silver_{s}" for s in table.reads}  # pinned reads, recorded
+    for spec in USE_CASE.models:
+        meta = _metadata(built, keys(spec)["training_set"])
+        assert meta["feature_service"] == spec.feature_service and meta["dagster/row_count"] > 50
+        assert 0 < meta["label_rate"] < 1
+    # Applying the same repository again changes nothing.
+    resources = build_resources(built.settings, USE_CASE)
+    again = dg.materialize([a for a in ALL_ASSETS if a.key == dg.AssetKey("feast_registry")],
+                           instance=built.instance, resources=resources)
+    assert again.get_asset_materialization_events()[0].materialization.metadata["added"].value == "none"
+
+
+def test_serving_reads_each_models_features_online_with_the_profiles_staleness(built: Built) -> None:
+    backends = Backends(built.settings)
+    store = backends.feature_store()
+    for spec in USE_CASE.models:  # an entity this model was trained on
+        customer = backends.lake().table(spec.training_table).read().column("customer_id")[0].as_py()
+        row = online_features(store, spec.feature_service, [{"customer_id": customer}], timedelta(days=36500))[0]
+        assert row.key == {"customer_id": customer}
+        assert any(v.status == Status.PRESENT for v in row.values.values()), spec.name
+    # The profile's `features.stale_after_hours` decides what is stale: the demo days are long past.
+    stale = online_features(store, "refund_v1", [{"customer_id": customer}],
+                            timedelta(hours=built.settings.features.stale_after_hours))[0]
+    assert {v.status for v in stale.values.values()} <= {Status.STALE, Status.MISSING}
 
 
 def test_feature_assets_are_grouped_and_fresh_by_policy() -> None:
     from definitions import defs
 
     graph = defs.resolve_asset_graph()
-    for key in ("features_customer_orders", "features_customer_support", "feast_registry", "online_features"):
-        assert graph.get(dg.AssetKey(key)).group_name == "features"
-    assert graph.get(dg.AssetKey("training_set")).group_name == "training"
-    assert graph.get(dg.AssetKey("features_customer_orders")).parent_keys == {dg.AssetKey("silver_orders")}
+    for table in USE_CASE.feature_tables:
+        assert graph.get(dg.AssetKey(table.name)).group_name == "features"
+        assert graph.get(dg.AssetKey(table.name)).parent_keys == {dg.AssetKey(f"silver_{s}") for s in table.reads}
+        assert graph.get(dg.AssetKey(table.name)).freshness_policy is not None
+    for spec in USE_CASE.models:
+        assert {graph.get(key).group_name for key in keys(spec).values()} == {spec.slug}
     assert dg.AssetKey("feast_registry") in graph.get(dg.AssetKey("online_features")).parent_keys
-    for key in ("features_customer_orders", "features_customer_support", "online_features"):
-        assert graph.get(dg.AssetKey(key)).freshness_policy is not None
+    assert graph.get(dg.AssetKey("online_features")).freshness_policy is not None
     assert len(ALL_ASSETS) == len({a.key for a in ALL_ASSETS})

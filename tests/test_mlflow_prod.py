@@ -23,7 +23,7 @@ def test_versions_and_artifacts_go_to_the_tracking_server_and_s3(tmp_path, monke
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="loopwise-mlflow")
         with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", "s3://loopwise-mlflow/artifacts", env) as uri:
-            registry = Registry(uri, open_store(f"sqlite:///{tmp_path / 'events.db'}"))
+            registry = Registry(uri, open_store(f"sqlite:///{tmp_path / 'events.db'}"), "ticket-escalation")
             mlflow.set_experiment("ticket-escalation")
             with mlflow.start_run() as run:
                 mlflow.log_metric("auc", 0.8)

@@ -1,67 +1,106 @@
-"""Train, evaluate and register as Dagster assets; lineage back to raw; the training pod on Kubernetes."""
+"""Every declared model trained, evaluated and registered as Dagster assets, with lineage back to raw;
+a third model declared in this module is generated and materialized the same way; the training pod."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
-from loopwise.config import Settings
-from loopwise.contracts import SOURCES
-from loopwise.events import open_store
-from loopwise.landing import zone
-from loopwise.lineage import model_lineage
+from loopwise.events import Event, open_store
+from loopwise.lineage import live_writes, model_lineage, recorded_writes
 from loopwise.registry import ALIAS_MOVED, CHALLENGER, Registry
+from loopwise.usecase import ModelSpec, Reader
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from supportdesk import USE_CASE
+from supportdesk.models import mlp
 
-from assets import DATA_LAYER_ASSETS, FEATURE_ASSETS
-from assets.features import feast_registry, training_set
-from assets.training import k8s_tags, model_evaluation, registered_model, trained_model
-from resources import EventStoreResource, FeatureStoreResource, MlflowResource
-from sensors import audit_trail_sensor
-from tests.conftest import DAY1, DAY2
-from tests.test_data_layer_assets import resources
+from assets.models import MODEL_ASSETS, k8s_tags, keys, model_assets
+from resources import MlflowResource, build_resources
+from tests.conftest import DAY1, DAY2, Built
 
-REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+# Its own rows' sources and those of the feature tables behind its feature service (refund_v1: orders only).
+SOURCES_READ = {"ticket-escalation": {"tickets", "ticket_outcomes", "orders"}, "order-refund-risk": {"orders"}}
 
 
-def test_train_evaluate_register_and_trace_back_to_raw(settings: Settings, lake, monkeypatch) -> None:
-    monkeypatch.setenv("LOOPWISE__TRAINING__EPOCHS", "3")
-    for day in (DAY1, DAY2):
-        zone.land_day(settings.paths.landing, day, 200, seed=15)
-    events = EventStoreResource(url=settings.events_url)
-    res = {**resources(settings), "events": events,
-           "feast": FeatureStoreResource(repo_dir=str(REPO), feast_dir=str(settings.paths.feast)),
-           "mlflow": MlflowResource(tracking_uri=settings.tracking_uri, artifact_uri=settings.artifact_uri,
-                                    floors={"auc": 0.0}, ceilings={"brier": 1.0})}
-    partitioned = [a for a in [*DATA_LAYER_ASSETS, *FEATURE_ASSETS] if a not in (feast_registry, training_set)]
-    with dg.instance_for_test() as instance:
-        assert dg.materialize([feast_registry], instance=instance, resources=res).success
-        assert dg.materialize(partitioned, instance=instance, resources=res, tags={
-            "dagster/asset_partition_range_start": DAY1.isoformat(),
-            "dagster/asset_partition_range_end": DAY2.isoformat()}).success
-        assert dg.materialize([training_set], instance=instance, resources=res).success
-        result = dg.materialize([trained_model, model_evaluation, registered_model], instance=instance, resources=res)
-        assert result.success
-        meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
-        assert meta["trained_model"]["device"].value == "cpu"
-        assert len(meta["trained_model"]["metrics_per_epoch"].value) >= 1
-        assert meta["trained_model"]["feature_service"].value == "escalation_v1"
-        assert 0 <= meta["model_evaluation"]["auc"].value <= 1
-        assert "data:image/png;base64," in meta["model_evaluation"]["reliability_plot"].value
-        assert "channel=chat" in meta["model_evaluation"]["segments"].value
-        check = next(iter(result.get_asset_check_evaluations()))
-        assert check.passed and "no champion yet: nothing to compare against" in json.dumps(check.metadata["reasons"].value)
-        audit_trail_sensor(dg.build_sensor_context(instance=instance, resources={"events": events}))
+def _latest(built: Built, key: dg.AssetKey) -> dict:
+    event = built.instance.get_latest_materialization_event(key)  # type: ignore[attr-defined]
+    assert event is not None, key
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
-    store = open_store(settings.events_url)
-    registry = Registry(settings.tracking_uri, store)
-    assert registry.alias(CHALLENGER) == "1"
-    assert [e.payload["to_version"] for e in store.read(kind=ALIAS_MOVED)] == ["1"]
-    chain = {s.asset: s for s in model_lineage(settings.tracking_uri, store, lake, "ticket-escalation@challenger").steps}
-    assert chain["feature service"].detail == "escalation_v1"
-    assert chain["training_set"].runs and chain["training_set"].runs[0]
-    assert "silver_tickets" in chain and "features_customer_orders" in chain
-    assert {f"{stage}_{source}" for stage in ("silver", "bronze", "raw") for source in SOURCES} <= chain.keys()
-    assert f"partitions {DAY1}..{DAY2}" in chain["raw_tickets"].detail
-    assert chain["raw_tickets"].runs, "the Dagster run that materialized the raw partitions"
+
+def test_every_declared_model_is_trained_evaluated_registered_and_traced_to_raw(built: Built) -> None:
+    store = open_store(built.settings.events_url)
+    assert len(USE_CASE.models) >= 2
+    for spec in USE_CASE.models:
+        k = keys(spec)
+        assert built.instance.get_latest_materialization_event(k["registered_model"]), spec.name  # type: ignore[attr-defined]
+        trained = _latest(built, k["trained_model"])
+        assert trained["device"] == "cpu" and len(trained["metrics_per_epoch"]) >= 1
+        assert trained["feature_service"] == spec.feature_service
+        evaluation = _latest(built, k["model_evaluation"])
+        assert 0 <= evaluation["auc"] <= 1 and "data:image/png;base64," in evaluation["reliability_plot"]
+        assert {"customer=new", "customer=returning"} <= evaluation["segments"].keys()
+        assert any(s.startswith(f"{spec.segment_by[0]}=") for s in evaluation["segments"])
+        registered = _latest(built, k["registered_model"])
+        assert registered["version"] == "1" and registered["challenger"] == "1"
+        assert Registry(built.settings.tracking_uri, store, spec.name).alias(CHALLENGER) == "1"
+        moves = [e for e in store.read(kind=ALIAS_MOVED) if e.subject == f"model:{spec.name}/1"]
+        assert [e.payload["to_version"] for e in moves] == ["1"]
+
+        chain = {s.asset: s for s in model_lineage(built.settings.tracking_uri, store, f"{spec.name}@challenger").steps}
+        assert chain["feature service"].detail == spec.feature_service
+        assert chain[spec.training_table].runs and chain[spec.training_table].runs[0]
+        # Exactly the tables this model read: its sources through every stage, and no other source.
+        traced = {t for t in chain if t.startswith(("silver_", "bronze_", "raw_"))}
+        assert traced == {f"{stage}_{source}" for stage in ("silver", "bronze", "raw") for source in SOURCES_READ[spec.name]}
+        for source in spec.reads:
+            raw = chain[f"raw_{source}"]
+            assert f"partitions {DAY1}..{DAY2}" in raw.detail and "from 2 landing files" in raw.detail
+            assert raw.runs, "the Dagster run that materialized the raw partitions"
+
+
+def test_lineage_follows_the_writes_that_make_up_a_version_not_later_ones(tmp_path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+
+    def wrote(table: str, version: int, partitions: str, inputs: dict[str, int], run: str) -> None:
+        store.append(Event("asset.materialized", f"asset:{table}", {"run_id": run, "metadata": {
+            "delta_table": table, "delta_version": version, "partitions": partitions, "input_versions": inputs}}))
+
+    wrote("silver_x", 0, "2026-03-02..2026-03-03", {"bronze_x": 0}, "r0")
+    wrote("silver_x", 1, "2026-03-03", {"bronze_x": 1}, "r1")  # day 2 rewritten
+    wrote("silver_x", 2, "2026-03-02..2026-03-03", {"bronze_x": 2}, "r2")  # everything rewritten later
+    writes = recorded_writes(store)["silver_x"]
+    assert [(w.version, w.inputs) for w in live_writes(writes, 0)] == [(0, {"bronze_x": 0})]
+    assert [(w.version, w.run_id) for w in live_writes(writes, 1)] == [(1, "r1"), (0, "r0")]
+    assert [w.version for w in live_writes(writes, 2)] == [2]
+
+
+def labelled_phone_tickets(read: Reader) -> DataFrame:
+    """A throwaway task: will a ticket come in by phone, from the customer's history and the text's length?"""
+    return read("tickets", None).select(
+        "ticket_id", "customer_id", F.col("created_at").alias("event_timestamp"), "text_length",
+        (F.col("channel") == "phone").alias("by_phone"), F.col("created_date").alias("partition_date"))
+
+
+THROWAWAY = ModelSpec(name="phone-ticket", feature_service="escalation_v1", rows=labelled_phone_tickets,
+                      reads=("tickets",), label="by_phone", split_key="ticket_id", module=mlp(hidden=8),
+                      numeric=("text_length",), segments={"long": "text_length > 200"})
+
+
+def test_a_model_declared_in_this_module_gets_its_assets_and_registers(built: Built) -> None:
+    assets = model_assets(THROWAWAY)
+    assert {a.key for a in assets} == set(keys(THROWAWAY).values())
+    assert {a.group_names_by_key[a.key] for a in assets} == {"phone_ticket"}
+    resources = build_resources(built.settings, USE_CASE)
+    resources["mlflow"] = MlflowResource(tracking_uri=built.settings.tracking_uri, artifact_uri=built.settings.artifact_uri,
+                                         gates={THROWAWAY.name: {"floors": {}, "ceilings": {}, "tolerance": 0.0}})
+    result = dg.materialize(assets, instance=built.instance, resources=resources)
+    assert result.success
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert meta["phone_ticket/training_set"]["dagster/row_count"].value > 100
+    assert "text_length" in meta["phone_ticket/trained_model"]["inputs"].value
+    assert "long" in meta["phone_ticket/model_evaluation"]["segments"].value
+    assert meta["phone_ticket/registered_model"]["version"].value == "1"
+    assert Registry(built.settings.tracking_uri, open_store(built.settings.events_url), THROWAWAY.name).alias(CHALLENGER) == "1"
 
 
 def test_the_training_pod_requests_gpu_memory_and_priority() -> None:
@@ -79,6 +118,7 @@ def test_the_training_pod_requests_gpu_memory_and_priority() -> None:
     resources = prod.containers[0].resources
     assert resources.limits["nvidia.com/gpu"] == "1" and resources.limits["memory"] == "32Gi"  # k8s quantities
     assert prod.priority_class_name == "loopwise-prod"
+    trained = next(a for a in MODEL_ASSETS if a.key == keys(USE_CASE.models[0])["trained_model"])
     dev = pod_for({k: json.loads(v) if isinstance(v, str) and v.startswith("{") else v
-                   for k, v in trained_model.op.tags.items() if k.startswith("dagster-k8s")})
+                   for k, v in trained.op.tags.items() if k.startswith("dagster-k8s")})
     assert dev.priority_class_name == "loopwise-dev" and "nvidia.com/gpu" not in (dev.containers[0].resources.limits or {})

@@ -196,6 +196,11 @@ def demo(
 
     backends = _backends()
     settings = backends.settings
+    try:
+        main = _dagster_layer("jobs.main")  # before any work: the demo runs the project's Dagster definitions
+    except FileNotFoundError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
     demo_days = list(settings.demo.dates)
     if days:
         demo_days = [demo_days[0] + timedelta(days=i) for i in range(days)]
@@ -212,7 +217,6 @@ def demo(
                         "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
         os.environ.setdefault(name, value)
     with warnings.catch_warnings():  # Feast's import turns every DeprecationWarning back on ('once'): undo it after
-        main = _dagster_layer("jobs.main")
         instance = main.instance()
         span = f" for {min(demo_days)}...{max(demo_days)}"
         results = []

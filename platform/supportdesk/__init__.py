@@ -12,7 +12,7 @@ from pathlib import Path
 from loopwise.usecase import FeatureTable, Feed, Source, UseCase
 
 from supportdesk import contracts, features, feed, transforms
-from supportdesk.models import ORDER_REFUND_RISK, TICKET_ESCALATION
+from supportdesk.models import MODELS
 
 USE_CASE = UseCase(
     name="supportdesk",
@@ -32,7 +32,7 @@ USE_CASE = UseCase(
                      "Per customer and day: tickets over 7/30/90 days, channel shares, escalation rate over "
                      "outcomes known by then (feature view customer_support)."),
     ),
-    models=(TICKET_ESCALATION, ORDER_REFUND_RISK),
+    models=MODELS,
     feed=Feed(feed.generate, feed.DriftSpec.ASPECTS),
     feature_repo=Path(__file__).resolve().parents[2] / "feature_repo",
 )

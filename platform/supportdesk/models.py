@@ -94,3 +94,6 @@ ORDER_REFUND_RISK = ModelSpec(
     segment_by=("currency",),
     request=OrderRequest,
 )
+
+
+MODELS = (TICKET_ESCALATION, ORDER_REFUND_RISK)  # a new model: declare it above and add it here

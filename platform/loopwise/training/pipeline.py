@@ -139,7 +139,8 @@ def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, con
         scores = checkpoint_dir / HOLDOUT_ARTIFACT
         pd.DataFrame({spec.split_key: holdout[spec.split_key].astype(str), "probability": probabilities}).to_parquet(scores)
         mlflow.log_artifact(str(scores))
-        example = holdout.head(3)[layout.columns]
+        # Numbers as doubles: a feature an unknown entity lacks arrives as null, which an integer column refuses.
+        example = holdout.head(3)[layout.columns].astype({c: "float64" for c in (*layout.features, *layout.numeric)})
         info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                        artifacts={"model": str(saved), "spec": str(spec_file)},
                                        input_example=example, signature=infer_signature(example, probabilities[:3]))
