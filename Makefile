@@ -21,10 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## dev: the Dagster UI on http://127.0.0.1:3000 over the same data root as the demo
+## dev: the Dagster UI and daemon (`dg dev`) on http://127.0.0.1:3000 over the same data root as the demo;
+## landing a day (`loopwise land --date ...`) is then enough for it to reach the online store
 dev: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$$(pwd)/.loopwise/dagster} && mkdir -p $$DAGSTER_HOME && \
-	  export DAGSTER_HOME && $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	  export DAGSTER_HOME && $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 ## bench: the benchmarks, each side by side with its peer (appends to benchmarks/RESULTS.md)
 bench: $(STAMP)

@@ -10,7 +10,7 @@ from assets import ALL_ASSETS
 from assets.usecase import USE_CASE
 from jobs import data_layer_job, data_layer_schedule
 from resources import build_resources
-from sensors import audit_trail_sensor
+from sensors import SENSORS
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -26,7 +26,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=ALL_ASSETS,
         jobs=[data_layer_job],
         schedules=[data_layer_schedule],
-        sensors=[audit_trail_sensor],
+        sensors=SENSORS,
         resources=build_resources(settings, USE_CASE),
         # One process per run: the embedded Spark engine starts once and serves every asset.
         executor=dg.in_process_executor,

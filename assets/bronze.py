@@ -6,6 +6,7 @@ import dagster as dg
 from loopwise.contracts import SourceContract
 from loopwise.pipelines import stages
 
+from assets.automation import CARRY_DAY
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
 from assets.usecase import USE_CASE
@@ -18,6 +19,7 @@ def bronze_asset(contract: SourceContract) -> dg.AssetsDefinition:
     @dg.asset(
         name=name, deps=[f"raw_{contract.name}"], partitions_def=DAILY, backfill_policy=SINGLE_RUN,
         group_name="bronze", kinds={"delta", "spark"},
+        automation_condition=CARRY_DAY,
         description=f"{contract.description} Typed and deduplicated; rows failing the "
                     f"{contract.name}_contract expectation suite are quarantined.",
         check_specs=[dg.AssetCheckSpec(

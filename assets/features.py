@@ -4,8 +4,10 @@ from datetime import timedelta
 
 import dagster as dg
 from loopwise.features import stages as features
+from loopwise.features.store import repo_digest
 from loopwise.usecase import FeatureTable
 
+from assets.automation import CARRY_DAY, CARRY_DAY_ONLINE, ON_REPO_CHANGE
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
 from assets.usecase import USE_CASE
@@ -19,6 +21,7 @@ def feature_table_asset(table: FeatureTable) -> dg.AssetsDefinition:
     @dg.asset(
         name=table.name, deps=[f"silver_{s}" for s in table.reads], partitions_def=DAILY, backfill_policy=SINGLE_RUN,
         group_name="features", kinds={"delta", "spark"}, freshness_policy=FRESH_DAILY, description=table.description,
+        automation_condition=CARRY_DAY,
     )
     def _table(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource) -> dg.MaterializeResult:
         write = features.build_feature_table(spark.session(), lake.lake(), table, window_of(context))
@@ -27,8 +30,10 @@ def feature_table_asset(table: FeatureTable) -> dg.AssetsDefinition:
     return _table
 
 
-@dg.asset(group_name="features", kinds={"feast"},
-          description="`feast apply` of feature_repo/: entities, feature views, feature services.")
+@dg.asset(group_name="features", kinds={"feast"}, code_version=repo_digest(USE_CASE.feature_repo),
+          automation_condition=ON_REPO_CHANGE,
+          description="`feast apply` of feature_repo/: entities, feature views, feature services. Its code version "
+                      "is the repository's digest: the UI shows it changed when feature_repo/ does.")
 def feast_registry(feast: FeatureStoreResource) -> dg.MaterializeResult:
     from loopwise.features.store import apply_repo
 
@@ -44,11 +49,12 @@ def feast_registry(feast: FeatureStoreResource) -> dg.MaterializeResult:
 @dg.asset(
     deps=[*(t.name for t in USE_CASE.feature_tables), "feast_registry"], partitions_def=DAILY,
     backfill_policy=SINGLE_RUN, group_name="features", kinds={"feast", "sqlite"}, freshness_policy=FRESH_DAILY,
+    automation_condition=CARRY_DAY_ONLINE,
     description="The partition's newest feature row per entity of every feature table, pushed to the online store.",
 )
 def online_features(context: dg.AssetExecutionContext, lake: LakeResource,
                     feast: FeatureStoreResource) -> dg.MaterializeResult:
-    store = feast.store()
+    store = feast.current_store()
     pushed = {t.view: features.push_online(store, lake.lake(), t, window_of(context)) for t in USE_CASE.feature_tables}
     return dg.MaterializeResult(metadata={
         "online_store": feast.online_store,

@@ -63,7 +63,7 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     def training_set(spark: SparkResource, lake: LakeResource, feast: FeatureStoreResource) -> dg.MaterializeResult:
         from loopwise.features.stages import build_training_set
 
-        result = build_training_set(spark.session(), lake.lake(), feast.store(), spec, USE_CASE.feature_tables)
+        result = build_training_set(spark.session(), lake.lake(), feast.current_store(), spec, USE_CASE.feature_tables)
         return dg.MaterializeResult(metadata={
             **delta_metadata(result.write, lake.lake().table(spec.training_table).uri),
             "label_rate": round(result.label_rate, 4),

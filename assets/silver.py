@@ -4,6 +4,7 @@ import dagster as dg
 from loopwise.pipelines import stages
 from loopwise.usecase import Source
 
+from assets.automation import CARRY_DAY
 from assets.metadata import delta_metadata
 from assets.partitions import DAILY, SINGLE_RUN, window_of
 from assets.usecase import USE_CASE
@@ -14,6 +15,7 @@ def silver_asset(source: Source) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"silver_{source.name}", deps=[f"bronze_{source.name}"], partitions_def=DAILY,
         backfill_policy=SINGLE_RUN, group_name="silver", kinds={"delta", "spark"},
+        automation_condition=CARRY_DAY,
         description=source.silver_description,
     )
     def _silver(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource) -> dg.MaterializeResult:

@@ -28,16 +28,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from loopwise.contracts import SOURCES
-from loopwise.features import tables
 from loopwise.lake.tables import DateRange
-from loopwise.landing.synthetic import generate_day
 from loopwise.pipelines import stages, transforms
 from loopwise.spark import connect, engine_version
 from loopwise.validation.suites import validate
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType
+from supportdesk import USE_CASE
+from supportdesk.features import customer_order_features, first_order_dates
+from supportdesk.feed import generate_day
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 START = date(2026, 3, 2)
@@ -50,7 +50,7 @@ def raw_table(source: str, rows: int, seed: int = 1) -> pa.Table:
     reps = -(-rows // base.num_rows)
     index = np.arange(rows)
     tiled = pa.concat_tables([base] * reps).slice(0, rows)
-    contract = SOURCES[source]
+    contract = USE_CASE.source(source).contract
     day_of_row = (index * DAYS) // rows
     columns = {name: tiled.column(name).combine_chunks() for name in contract.column_names}
     columns[contract.key] = pc.binary_join_element_wise(columns[contract.key], pa.array((index % (rows // DAYS + 1)).astype(str)), "-")
@@ -109,7 +109,7 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
     timings: dict[str, float] = {"validate": 0.0, "transforms": 0.0}
     sums: dict[str, tuple[int, int]] = {}
     for source, path in inputs.items():
-        contract = SOURCES[source]
+        contract = USE_CASE.source(source).contract
         raw = spark.read.parquet(str(path))
         t = time.perf_counter()
         report = validate(raw, contract)
@@ -122,7 +122,7 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
         save(transforms.quarantine(raw, bad, source, datetime(2026, 3, 12)), str(out / f"quarantine_{source}"))
         steps["quarantine"] = time.perf_counter() - t - sum(steps.values())
         bronze = spark.read.parquet(str(out / f"bronze_{source}"))
-        save(transforms.SILVER[source](bronze), str(out / f"silver_{source}"))
+        save(USE_CASE.source(source).silver(bronze), str(out / f"silver_{source}"))
         steps["silver"] = time.perf_counter() - t - sum(steps.values())
         timings["transforms"] += time.perf_counter() - t
         print(f"  {source}: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
@@ -135,7 +135,7 @@ def run(spark: SparkSession, inputs: dict[str, Path], out: Path) -> tuple[dict[s
         "daily_totals": ("daily per-customer totals of the raw orders",
                          daily_customer_totals(spark.read.parquet(str(inputs["orders"])))),
         "features": ("order features (7/30/90-day windows, every day)",
-                     tables.customer_order_features(silver, tables.first_order_dates(silver), window)),
+                     customer_order_features(silver, first_order_dates(silver), window)),
     }
     for name, (label, df) in extra.items():
         t = time.perf_counter()

@@ -18,7 +18,6 @@ from assets.usecase import USE_CASE
 from resources import build_resources
 from sensors.audit import sync_once
 
-
 # The run's events go to the instance (the UI shows them); the terminal gets the demo's own summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 

@@ -29,3 +29,11 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
     def store(self) -> FeatureStore:
         return feature_store(self.location())
+
+    def current_store(self) -> FeatureStore:
+        """The store with `feature_repo/` applied: applied here if the registry is missing or out of date."""
+        from loopwise.features.store import ensure_applied
+
+        store = self.store()
+        ensure_applied(store, Path(self.repo_dir))
+        return store

@@ -72,3 +72,30 @@ def test_the_workspace_loads_in_dagster_tooling() -> None:
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_every_library_the_platform_imports_is_declared() -> None:
+    """A clean install gets everything the code imports: no dependency arrives only by chance through another."""
+    import ast
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {norm(re.split(r"[\s\[<>=~!;]", d, maxsplit=1)[0])
+                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    local = {"loopwise", "supportdesk", "assets", "resources", "jobs", "sensors", "definitions", "tests",
+             "feature_views", "entities", "data_sources", "feature_services"}
+    imported: set[str] = set()
+    for folder in ("platform", "assets", "resources", "jobs", "sensors", "feature_repo"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    imported.add(node.module.split(".")[0])
+    distributions = packages_distributions()
+    missing = sorted({f"{module} ({', '.join(distributions[module])})" for module in imported - local - set(sys.stdlib_module_names)
+                      if module in distributions and not declared & {norm(d) for d in distributions[module]}})
+    assert missing == []

@@ -8,19 +8,30 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
-from loopwise.contracts import SOURCES
 from loopwise.features import stages as features
 from loopwise.features.retrieval import Status, online_features
 from loopwise.features.store import FeastLocation, apply_repo, feature_store
 from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
 from loopwise.landing import zone
 from loopwise.pipelines import stages
+from supportdesk import USE_CASE
+from supportdesk import features as tables
+from supportdesk.features import ORDER_FEATURES, SUPPORT_FEATURES
+from supportdesk.models import TICKET_ESCALATION
 
 from tests.conftest import DAY1, DAY2
 
 REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 UTC = UTC
 BOTH = DateRange(DAY1, DAY2)
+ORDERS_TABLE, SUPPORT_TABLE = USE_CASE.feature_table(ORDER_FEATURES), USE_CASE.feature_table(SUPPORT_FEATURES)
+SERVICE = TICKET_ESCALATION.feature_service  # escalation_v1: both views
+STALE_AFTER = timedelta(hours=48)  # the profile's default features.stale_after_hours
+
+
+def customers(*ids: str) -> list[dict[str, str]]:
+    """Entity rows of the customer entity, as a serving call sends them."""
+    return [{"customer_id": c} for c in ids]
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +39,14 @@ def lake_with_features(tmp_path_factory: pytest.TempPathFactory, spark) -> Lake:
     """Two landed days through silver and both feature tables (built once for the module)."""
     root = tmp_path_factory.mktemp("features")
     for day in (DAY1, DAY2):
-        zone.land_day(root / "landing", day, 150, seed=12)
+        zone.land_day(USE_CASE, root / "landing", day, 150, seed=12)
     lake = Lake(str(root / "lake"))
-    for contract in SOURCES.values():
-        stages.ingest_raw(lake, root / "landing", contract, BOTH)
-        stages.build_bronze(spark, lake, contract, BOTH, 0.05)
-        stages.build_silver(spark, lake, contract, BOTH)
-    features.build_order_features(spark, lake, BOTH)
-    features.build_support_features(spark, lake, BOTH)
+    for source in USE_CASE.sources:
+        stages.ingest_raw(lake, root / "landing", source.contract, BOTH)
+        stages.build_bronze(spark, lake, source.contract, BOTH, 0.05)
+        stages.build_silver(spark, lake, source, BOTH)
+    features.build_feature_table(spark, lake, ORDERS_TABLE, BOTH)
+    features.build_feature_table(spark, lake, SUPPORT_TABLE, BOTH)
     return lake
 
 
@@ -53,8 +64,6 @@ def test_order_features_count_the_right_windows(spark) -> None:
          ("C1", date(2025, 12, 20), 30.0, False, True), ("C1", date(2025, 11, 1), 99.0, False, False),
          ("C1", date(2026, 3, 4), 50.0, False, False)],
         "customer_id string, order_date date, amount_eur double, is_refunded boolean, is_cancelled boolean")
-    from loopwise.features import tables
-
     row = tables.customer_order_features(orders, tables.first_order_dates(orders), DateRange.of(date(2026, 3, 2))).collect()
     assert len(row) == 1
     r = row[0]
@@ -68,8 +77,6 @@ def test_order_features_count_the_right_windows(spark) -> None:
 
 def half_boundary_features(spark) -> tuple:
     """Means and rates exactly on a rounding boundary, where a double average tips either way."""
-    from loopwise.features import tables
-
     day = date(2026, 3, 1)
     rows = [("A", day, 0.01, False, False), ("A", day, 0.02, False, False),
             ("B", day, 10.00, False, False), ("B", day, 10.01, False, False)]
@@ -91,8 +98,6 @@ def test_apache_spark_rounds_feature_boundaries_the_same(spark, apache_spark) ->
 
 
 def test_escalation_counts_only_outcomes_known_by_the_as_of_day(spark) -> None:
-    from loopwise.features import tables
-
     tickets = spark.createDataFrame([("T1", "C1", date(2026, 3, 1), "chat"), ("T2", "C1", date(2026, 3, 1), "phone")],
                                     "ticket_id string, customer_id string, created_date date, channel string")
     outcomes = spark.createDataFrame([("T1", True, date(2026, 3, 2)), ("T2", True, date(2026, 3, 3))],
@@ -110,7 +115,7 @@ def test_a_feature_written_after_a_ticket_is_never_joined_to_it(tmp_path: Path, 
         {"customer_id": "C1", "orders_7d": 1, "event_timestamp": datetime(2026, 3, 3, tzinfo=UTC), "partition_date": date(2026, 3, 2)},
         {"customer_id": "C1", "orders_7d": 5, "event_timestamp": datetime(2026, 3, 4, tzinfo=UTC), "partition_date": date(2026, 3, 3)},
     ])
-    overwrite_partitions_arrow(rows, lake.table(features.ORDER_FEATURES), DateRange(date(2026, 3, 2), date(2026, 3, 3)))
+    overwrite_partitions_arrow(rows, lake.table(ORDER_FEATURES), DateRange(date(2026, 3, 2), date(2026, 3, 3)))
     store = store_for(tmp_path, lake, monkeypatch)
     entity = pd.DataFrame({"customer_id": ["C1", "C1", "C1", "C1", "C2"], "event_timestamp": pd.to_datetime(
         ["2026-03-03 12:00", "2026-03-02 23:00", "2026-03-04 00:00", "2026-03-07 00:00", "2026-03-03 12:00"], utc=True)})
@@ -126,7 +131,7 @@ def test_a_feature_written_after_a_ticket_is_never_joined_to_it(tmp_path: Path, 
 def test_a_rewritten_partition_is_read_through_the_delta_log(tmp_path: Path, monkeypatch, spark) -> None:
     """Files a re-run removed from the table are not live rows (Feast's Dask store would read them)."""
     lake = Lake(str(tmp_path / "lake"))
-    table = lake.table(features.ORDER_FEATURES)
+    table = lake.table(ORDER_FEATURES)
     for value in (1, 7):
         rows = pa.Table.from_pylist([{"customer_id": "C1", "orders_7d": value, "partition_date": date(2026, 3, 2),
                                       "event_timestamp": datetime(2026, 3, 3, tzinfo=UTC)}])
@@ -139,14 +144,18 @@ def test_a_rewritten_partition_is_read_through_the_delta_log(tmp_path: Path, mon
 
 def test_training_set_joins_labels_with_features_as_of_creation(tmp_path, monkeypatch, spark, lake_with_features) -> None:
     store = store_for(tmp_path, lake_with_features, monkeypatch)
-    result = features.build_training_set(spark, lake_with_features, store, "escalation_v1")
-    data = lake_with_features.table(features.TRAINING_SET).read().to_pandas()
-    assert result.write.rows == len(data) > 50
-    assert set(data[features.LABEL].unique()) <= {True, False} and 0 < result.positives < len(data)
+    result = features.build_training_set(spark, lake_with_features, store, TICKET_ESCALATION, USE_CASE.feature_tables)
+    assert TICKET_ESCALATION.training_table == "training_set_ticket_escalation" and TICKET_ESCALATION.label == "escalated"
+    data = lake_with_features.table(TICKET_ESCALATION.training_table).read().to_pandas()
+    assert result.write.rows == len(data) > 50 and result.service == "escalation_v1"
+    assert set(data[TICKET_ESCALATION.label].unique()) <= {True, False} and 0 < result.positives < len(data)
     assert {"text", "channel", "orders_90d", "tickets_30d", "escalation_rate_90d"} <= set(data.columns)
     assert result.input_versions["features_customer_orders"] is not None
+    # Exactly what it was built from: the silver tables its rows read and the service's feature tables.
+    read = ("silver_tickets", "silver_ticket_outcomes", ORDER_FEATURES, SUPPORT_FEATURES)
+    assert result.input_versions == {name: lake_with_features.table(name).current_version() for name in read}
     # Every feature value came from a row stamped at or before the ticket's creation.
-    offline = lake_with_features.table(features.ORDER_FEATURES).read().to_pandas()
+    offline = lake_with_features.table(ORDER_FEATURES).read().to_pandas()
     first_ts = offline.groupby("customer_id")["event_timestamp"].min()
     known = data[data["orders_90d"].notna()]
     assert (known["event_timestamp"].values >= known["customer_id"].map(first_ts).values).all()
@@ -164,8 +173,9 @@ def _online_rows(path: Path) -> list[tuple]:
 def test_fast_push_writes_exactly_what_feast_materialize_writes(tmp_path, monkeypatch, lake_with_features) -> None:
     ours = store_for(tmp_path / "ours", lake_with_features, monkeypatch)
     theirs = store_for(tmp_path / "feast", lake_with_features, monkeypatch)
-    for view, table in (("customer_orders", features.ORDER_FEATURES), ("customer_support", features.SUPPORT_FEATURES)):
-        features.push_online(ours, lake_with_features, view, table, BOTH)
+    assert (ORDERS_TABLE.view, SUPPORT_TABLE.view) == ("customer_orders", "customer_support")
+    for table in (ORDERS_TABLE, SUPPORT_TABLE):
+        features.push_online(ours, lake_with_features, table, BOTH)
     theirs.materialize(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
     mine = _online_rows(tmp_path / "ours" / "feast" / "online.db")
     feasts = _online_rows(tmp_path / "feast" / "feast" / "online.db")
@@ -174,33 +184,36 @@ def test_fast_push_writes_exactly_what_feast_materialize_writes(tmp_path, monkey
 
 def test_online_equals_offline_for_each_entitys_latest_row(tmp_path, monkeypatch, lake_with_features) -> None:
     store = store_for(tmp_path, lake_with_features, monkeypatch)
-    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, BOTH)
-    features.push_online(store, lake_with_features, "customer_support", features.SUPPORT_FEATURES, BOTH)
-    offline = lake_with_features.table(features.ORDER_FEATURES).read().to_pandas()
+    features.push_online(store, lake_with_features, ORDERS_TABLE, BOTH)
+    features.push_online(store, lake_with_features, SUPPORT_TABLE, BOTH)
+    offline = lake_with_features.table(ORDER_FEATURES).read().to_pandas()
     latest = offline.sort_values("event_timestamp").drop_duplicates("customer_id", keep="last").set_index("customer_id")
-    customers = latest.index[:40].tolist()
-    served = online_features(store, customers, stale_after=timedelta(days=36500))
+    ids = latest.index[:40].tolist()
+    served = online_features(store, SERVICE, customers(*ids), stale_after=timedelta(days=36500))
+    assert [row.key for row in served] == customers(*ids)
     for row in served:
+        customer = row.key["customer_id"]
         for name in ("orders_7d", "orders_90d", "amount_eur_sum_90d", "refund_rate_90d", "tenure_days"):
-            assert row.values[name].value == pytest.approx(latest.loc[row.customer_id, name]), (row.customer_id, name)
+            assert row.values[name].value == pytest.approx(latest.loc[customer, name]), (customer, name)
 
 
 def test_a_missing_customer_gets_nulls_with_status_and_old_values_are_stale(tmp_path, monkeypatch, lake_with_features) -> None:
     store = store_for(tmp_path, lake_with_features, monkeypatch)
-    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, BOTH)
-    known = lake_with_features.table(features.ORDER_FEATURES).read().column("customer_id")[0].as_py()
-    rows = online_features(store, [known, "C999999"], now=datetime(2026, 3, 4, 12, tzinfo=UTC))
+    features.push_online(store, lake_with_features, ORDERS_TABLE, BOTH)
+    known = lake_with_features.table(ORDER_FEATURES).read().column("customer_id")[0].as_py()
+    rows = online_features(store, SERVICE, customers(known, "C999999"), STALE_AFTER, now=datetime(2026, 3, 4, 12, tzinfo=UTC))
     assert rows[0].values["orders_90d"].status == Status.PRESENT and rows[0].values["orders_90d"].value >= 1
+    assert rows[1].key == {"customer_id": "C999999"} and rows[1].values
     assert all(v.value is None and v.status == Status.MISSING for v in rows[1].values.values())
-    later = online_features(store, [known], now=datetime(2026, 3, 20, tzinfo=UTC))
+    later = online_features(store, SERVICE, customers(known), STALE_AFTER, now=datetime(2026, 3, 20, tzinfo=UTC))
     assert later[0].values["orders_90d"].status == Status.STALE
 
 
 def test_pushing_a_partition_twice_leaves_the_online_store_unchanged(tmp_path, monkeypatch, lake_with_features) -> None:
     store = store_for(tmp_path, lake_with_features, monkeypatch)
-    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, DateRange.of(DAY2))
+    features.push_online(store, lake_with_features, ORDERS_TABLE, DateRange.of(DAY2))
     first = _online_rows(tmp_path / "feast" / "online.db")
-    features.push_online(store, lake_with_features, "customer_orders", features.ORDER_FEATURES, DateRange.of(DAY2))
+    features.push_online(store, lake_with_features, ORDERS_TABLE, DateRange.of(DAY2))
     assert _online_rows(tmp_path / "feast" / "online.db") == first and first
 
 
@@ -223,14 +236,15 @@ def test_redis_push_matches_feast_and_is_idempotent(tmp_path, monkeypatch, lake_
     by_feast = _redis_dump(redis_url)
     client.flushall()
     ours = store_for(tmp_path / "ours", lake_with_features, monkeypatch, online_store="redis", redis_url=redis_url)
-    for view, table in (("customer_orders", features.ORDER_FEATURES), ("customer_support", features.SUPPORT_FEATURES)):
-        features.push_online(ours, lake_with_features, view, table, BOTH)
+    for table in (ORDERS_TABLE, SUPPORT_TABLE):
+        features.push_online(ours, lake_with_features, table, BOTH)
     by_us = _redis_dump(redis_url)
     assert len(by_us) > 100 and by_us == by_feast
-    again = features.push_online(ours, lake_with_features, "customer_orders", features.ORDER_FEATURES, BOTH)
+    again = features.push_online(ours, lake_with_features, ORDERS_TABLE, BOTH)
     assert again.skipped_older == again.entities and _redis_dump(redis_url) == by_us
-    some = lake_with_features.table(features.ORDER_FEATURES).read().column("customer_id")[0].as_py()
-    assert online_features(ours, [some], stale_after=timedelta(days=36500))[0].values["orders_90d"].value >= 1
+    some = lake_with_features.table(ORDER_FEATURES).read().column("customer_id")[0].as_py()
+    served = online_features(ours, SERVICE, customers(some), stale_after=timedelta(days=36500))
+    assert served[0].values["orders_90d"].value >= 1
 
 
 def test_apply_reports_an_added_and_a_removed_feature(tmp_path, monkeypatch, lake_with_features) -> None:

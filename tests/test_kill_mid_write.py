@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from loopwise.config import Settings
-from loopwise.contracts import SOURCES
 from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow
 from loopwise.pipelines import stages
+from supportdesk import USE_CASE
 
 from tests.conftest import DAY1
 from tests.services import child_env
@@ -49,7 +49,7 @@ def committed_files(table_dir: Path) -> set[str]:
 def test_sigkill_mid_write_keeps_the_last_committed_version(settings: Settings, lake: Lake, spark) -> None:
     window = DateRange.of(DAY1)
     overwrite_partitions_arrow(bronze_orders(1000), stages.bronze_table(lake, "orders"), window)
-    stages.build_silver(spark, lake, SOURCES["orders"], window)
+    stages.build_silver(spark, lake, USE_CASE.source("orders"), window)
     silver = stages.silver_table(lake, "orders")
     assert (silver.current_version(), silver.count()) == (0, 1000)
 

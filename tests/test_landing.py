@@ -6,17 +6,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from loopwise.contracts import SOURCES
 from loopwise.landing import malformed, zone
-from loopwise.landing.synthetic import DriftSpec, DriftSpecError, generate_day
+from supportdesk import USE_CASE
+from supportdesk.feed import DriftSpec, DriftSpecError, generate_day
 
 DAY = date(2026, 3, 2)  # a Monday
+SOURCES = USE_CASE.contracts
 
 
 def test_the_same_seed_lands_the_same_bytes(tmp_path: Path) -> None:
-    a = zone.land_day(tmp_path / "a", DAY, 150, seed=5, bad_row_fraction=0.05)
-    b = zone.land_day(tmp_path / "b", DAY, 150, seed=5, bad_row_fraction=0.05)
-    c = zone.land_day(tmp_path / "c", DAY, 150, seed=6, bad_row_fraction=0.05)
+    a = zone.land_day(USE_CASE, tmp_path / "a", DAY, 150, seed=5, bad_row_fraction=0.05)
+    b = zone.land_day(USE_CASE, tmp_path / "b", DAY, 150, seed=5, bad_row_fraction=0.05)
+    c = zone.land_day(USE_CASE, tmp_path / "c", DAY, 150, seed=6, bad_row_fraction=0.05)
     assert [f.path.read_bytes() for f in a] == [f.path.read_bytes() for f in b]
     assert [f.path.read_bytes() for f in a] != [f.path.read_bytes() for f in c]
 
@@ -73,11 +74,23 @@ def test_escalation_is_learnable_from_text_and_history_but_not_trivial() -> None
     assert auc_both > auc_text  # the customer's history adds signal beyond the text
 
 
+# The kinds each source's contract allows: an amount column adds the amount kinds, a text column
+# (CSV only: Parquet cannot carry it) the wrong encoding, an enum column the unknown value.
+MALFORMED_KINDS = {
+    "tickets": {"missing_id", "bad_timestamp", "unknown_enum", "duplicate_id", "truncated_line", "wrong_encoding"},
+    "orders": {"missing_id", "bad_timestamp", "negative_amount", "non_numeric_amount", "unknown_enum",
+               "duplicate_id", "truncated_line"},
+    "ticket_outcomes": {"missing_id", "bad_timestamp", "unknown_enum", "duplicate_id", "truncated_line"},
+}
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_every_malformed_kind_lands_and_reads_back_one_record_per_line(tmp_path: Path, fmt: str) -> None:
-    landed = zone.land_day(tmp_path, DAY, 300, seed=9, bad_row_fraction=0.1, fmt=fmt)
+    landed = zone.land_day(USE_CASE, tmp_path, DAY, 300, seed=9, bad_row_fraction=0.1, fmt=fmt)
+    assert sorted(f.source for f in landed) == sorted(MALFORMED_KINDS)
     for f in landed:
-        expected = {k for k in malformed.KINDS[f.source] if fmt == "csv" or k not in malformed.CSV_ONLY}
+        expected = MALFORMED_KINDS[f.source] - ({"wrong_encoding"} if fmt == "parquet" else set())
+        assert set(malformed.kinds_for(SOURCES[f.source], fmt)) == expected, f.source
         assert set(f.bad_lines.values()) == expected, f.source
         table = zone.read_landing_file(f.path, SOURCES[f.source]).table
         assert table.num_rows == f.rows  # a broken line never swallows its neighbours
@@ -86,7 +99,7 @@ def test_every_malformed_kind_lands_and_reads_back_one_record_per_line(tmp_path:
 
 
 def test_wrong_encoding_is_kept_visible_not_dropped(tmp_path: Path) -> None:
-    landed = {f.source: f for f in zone.land_day(tmp_path, DAY, 300, seed=9, bad_row_fraction=0.1)}
+    landed = {f.source: f for f in zone.land_day(USE_CASE, tmp_path, DAY, 300, seed=9, bad_row_fraction=0.1)}
     tickets = landed["tickets"]
     line = next(n for n, kind in tickets.bad_lines.items() if kind == "wrong_encoding")
     table = zone.read_landing_file(tickets.path, SOURCES["tickets"]).table.to_pylist()

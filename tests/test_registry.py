@@ -3,10 +3,11 @@
 import mlflow
 import pytest
 from loopwise.events import open_store
-from loopwise.lifecycle import State
+from loopwise.lifecycle import REFUSED, IllegalTransition, State
 from loopwise.registry import ALIAS_MOVED, CHALLENGER, CHAMPION, GATE_EVALUATED, GatePolicy, Registry, decide
 
 POLICY = GatePolicy(floors={"auc": 0.65}, ceilings={"brier": 0.25}, tolerance=0.01)
+MODEL = "ticket-escalation"
 
 
 class ConstantModel(mlflow.pyfunc.PythonModel):
@@ -17,7 +18,7 @@ class ConstantModel(mlflow.pyfunc.PythonModel):
 @pytest.fixture
 def registry(tmp_path) -> Registry:
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    reg = Registry(uri, open_store(f"sqlite:///{tmp_path / 'events.db'}"))
+    reg = Registry(uri, open_store(f"sqlite:///{tmp_path / 'events.db'}"), MODEL)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=reg.client.create_experiment(
         "loopwise", artifact_location=(tmp_path / "artifacts").as_uri()))
@@ -29,6 +30,13 @@ def new_version(registry: Registry, auc: float) -> str:
         mlflow.log_metric("auc", auc)
         info = mlflow.pyfunc.log_model(name="model", python_model=ConstantModel())
     return registry.register(info.model_uri, run.info.run_id, {"feature_service": "escalation_v1"})
+
+
+def promote_to_champion(registry: Registry, version: str, actor: str = "alice") -> None:
+    """The lifecycle path from challenger to champion, then the alias that names it."""
+    for state in (State.CANARY, State.CHAMPION):
+        registry.lifecycle.transition(registry.model, version, state, actor, f"to {state.value}")
+    registry.move_alias(CHAMPION, version, actor, "manual promotion for the test", {})
 
 
 def test_the_decision_names_every_reason() -> None:
@@ -53,7 +61,7 @@ def test_a_first_good_version_becomes_challenger_with_its_evidence_in_the_trail(
 def test_the_gate_refuses_a_worse_model_and_leaves_aliases_untouched(registry: Registry) -> None:
     first = new_version(registry, 0.8)
     registry.gate(first, {"auc": 0.8, "brier": 0.15}, POLICY)
-    registry.move_alias(CHAMPION, first, "alice", "manual promotion for the test", {})
+    promote_to_champion(registry, first)
     worse = new_version(registry, 0.7)
     decision = registry.gate(worse, {"auc": 0.7, "brier": 0.15}, POLICY, champion={"auc": 0.8, "brier": 0.15})
     assert not decision.passed
@@ -68,3 +76,27 @@ def test_a_version_below_the_floor_is_refused_even_without_a_champion(registry: 
     version = new_version(registry, 0.6)
     assert not registry.gate(version, {"auc": 0.6, "brier": 0.2}, POLICY).passed
     assert registry.alias(CHALLENGER) is None
+
+
+def test_an_alias_moves_only_to_a_version_in_its_lifecycle_state(registry: Registry) -> None:
+    version = new_version(registry, 0.8)
+    for alias in (CHAMPION, CHALLENGER):  # a trained version: neither alias may name it
+        with pytest.raises(IllegalTransition, match=f"alias {alias} needs lifecycle state {alias}, the version is trained"):
+            registry.move_alias(alias, version, "mallory", "skip the gate", {})
+    assert registry.alias(CHAMPION) is None and registry.alias(CHALLENGER) is None
+    assert registry.lifecycle.state(registry.model, version) == State.TRAINED
+    refused = registry.events.read(kind=REFUSED)
+    assert [(e.subject, e.actor, e.reason, e.payload["alias"], e.payload["state"]) for e in refused] == [
+        (f"model:{MODEL}/{version}", "mallory", "skip the gate", alias, "trained") for alias in (CHAMPION, CHALLENGER)]
+    assert not registry.events.read(kind=ALIAS_MOVED)
+
+    assert registry.gate(version, {"auc": 0.8, "brier": 0.15}, POLICY).passed  # challenger, by the state machine
+    with pytest.raises(IllegalTransition, match="alias champion needs lifecycle state champion, the version is challenger"):
+        registry.move_alias(CHAMPION, version, "mallory", "skip the canary", {})
+    assert registry.alias(CHAMPION) is None and registry.alias(CHALLENGER) == version
+    assert len(registry.events.read(kind=REFUSED)) == 3
+
+    promote_to_champion(registry, version)  # along the lifecycle, the same move is allowed
+    assert registry.alias(CHAMPION) == version
+    assert [e.payload["alias"] for e in registry.events.read(kind=ALIAS_MOVED)] == [CHALLENGER, CHAMPION]
+    assert registry.events.verify().ok

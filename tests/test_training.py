@@ -11,13 +11,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from loopwise.landing.synthetic import generate_day
-from loopwise.training.data import FEATURE_NAMES, prepare
+from loopwise.training.data import InputLayout, Prepared, prepare
 from loopwise.training.loop import TrainConfig, train
-from loopwise.training.model import EscalationModel, embed_texts, load_encoder
+from loopwise.training.model import ScoringModel, TabularMLP, embed_texts, load_encoder
+from supportdesk.contracts import CHANNELS
+from supportdesk.feed import generate_day
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TrainConfig(epochs=6, batch_size=32, learning_rate=3e-3, patience=3, seed=5, progress=False)
+# No service features (no Feast here): the ticket's channel, one-hot, and its text.
+LAYOUT = InputLayout(features=(), categorical={"channel": CHANNELS}, text="text")
 
 
 def labelled_tickets(days: int = 4, per_day: int = 160) -> pd.DataFrame:
@@ -39,9 +42,16 @@ def dataset():  # type: ignore[no-untyped-def]
     return data, embeddings, encoder
 
 
-def model_for(prepared, encoder) -> EscalationModel:  # type: ignore[no-untyped-def]
+def prepared_for(data: pd.DataFrame, text: torch.Tensor | tuple[torch.Tensor, ...] | None) -> Prepared:
+    return prepare(data, LAYOUT, "escalated", "ticket_id", text)
+
+
+def model_for(prepared, encoder, hidden: int = 32, freeze_encoder: bool = True) -> ScoringModel:  # type: ignore[no-untyped-def]
+    """A text model: the ticket's embedding and its standardized inputs into a small MLP head."""
     torch.manual_seed(TINY.seed)
-    model = EscalationModel(encoder, len(FEATURE_NAMES), hidden=32)
+    n_features = len(LAYOUT.names)
+    model = ScoringModel(head=TabularMLP(ScoringModel.n_inputs(n_features, text=True), hidden=hidden),
+                         n_features=n_features, encoder=encoder, freeze_encoder=freeze_encoder)
     model.feature_mean.copy_(prepared.mean)
     model.feature_std.copy_(prepared.std)
     return model
@@ -49,7 +59,8 @@ def model_for(prepared, encoder) -> EscalationModel:  # type: ignore[no-untyped-
 
 def test_the_loss_falls_on_learnable_data(dataset, tmp_path: Path) -> None:
     data, embeddings, encoder = dataset
-    prepared = prepare(data, embeddings)
+    prepared = prepared_for(data, embeddings)
+    assert prepared.mean.shape == (len(CHANNELS),)  # the channel, one-hot: no customer features beside the text
     model = model_for(prepared, encoder)
     result = train(model, prepared.splits["train"], prepared.splits["validation"], TINY, tmp_path / "ckpt")
     losses = [h.train_loss for h in result.history]
@@ -61,7 +72,7 @@ def test_the_loss_falls_on_learnable_data(dataset, tmp_path: Path) -> None:
 
 def test_the_same_seed_gives_the_same_metrics(dataset, tmp_path: Path) -> None:
     data, embeddings, encoder = dataset
-    prepared = prepare(data, embeddings)
+    prepared = prepared_for(data, embeddings)
     runs = [train(model_for(prepared, encoder), prepared.splits["train"], prepared.splits["validation"],
                   TrainConfig(**{**TINY.__dict__, "epochs": 3}), tmp_path / f"run{i}") for i in range(2)]
     assert [h.val_loss for h in runs[0].history] == pytest.approx([h.val_loss for h in runs[1].history], abs=1e-6)
@@ -70,14 +81,13 @@ def test_the_same_seed_gives_the_same_metrics(dataset, tmp_path: Path) -> None:
 RESUMABLE = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-from test_training import labelled_tickets, model_for, TINY
-from loopwise.training.data import prepare
+from test_training import labelled_tickets, model_for, prepared_for, TINY
 from loopwise.training.loop import TrainConfig, train
 from loopwise.training.model import load_encoder
 data = labelled_tickets()
 embeddings = torch.load({emb!r})
 encoder, _ = load_encoder()
-prepared = prepare(data, embeddings)
+prepared = prepared_for(data, embeddings)
 result = train(model_for(prepared, encoder), prepared.splits["train"], prepared.splits["validation"],
                TrainConfig(**{{**TINY.__dict__, "patience": 99}}), __import__("pathlib").Path({ckpt!r}))
 print("RESUMED", result.resumed_from, [round(h.val_loss, 6) for h in result.history])
@@ -120,7 +130,7 @@ def test_data_parallel_training_with_world_size_one_on_gloo(dataset, tmp_path: P
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     data, embeddings, encoder = dataset
-    prepared = prepare(data, embeddings)
+    prepared = prepared_for(data, embeddings)
     try:
         result = train(model_for(prepared, encoder), prepared.splits["train"], prepared.splits["validation"],
                        TrainConfig(**{**TINY.__dict__, "epochs": 2, "distributed": True}), tmp_path / "ddp")
@@ -137,11 +147,27 @@ def test_full_fine_tuning_trains_the_encoder_through_the_same_loop(dataset, tmp_
 
     data = dataset[0].head(96)
     encoder, tokenizer = fresh_encoder()
-    prepared = prepare(data, tokenize(tokenizer, data["text"].tolist(), max_length=32))
-    torch.manual_seed(TINY.seed)
-    model = EscalationModel(encoder, len(FEATURE_NAMES), hidden=16, freeze_encoder=False)
+    prepared = prepared_for(data, tokenize(tokenizer, data["text"].tolist(), max_length=32))
+    model = model_for(prepared, encoder, hidden=16, freeze_encoder=False)
     before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "batch_size": 16})
     result = train(model, prepared.splits["train"], prepared.splits["validation"], config, tmp_path / "ft")
     assert len(result.history) == 1 and torch.isfinite(torch.tensor(result.history[0].train_loss))
     assert not torch.equal(before, model.encoder.embeddings.word_embeddings.weight.detach())
+
+
+def test_a_tabular_model_trains_on_features_alone(dataset, tmp_path: Path) -> None:
+    """A model without a text input: no encoder, batches of (features, labels), forward(features)."""
+    data = dataset[0]
+    layout = InputLayout(features=(), categorical={"channel": CHANNELS})
+    prepared = prepare(data, layout, "escalated", "ticket_id")
+    assert len(prepared.splits["train"].tensors) == 2
+    torch.manual_seed(TINY.seed)
+    model = ScoringModel(head=TabularMLP(ScoringModel.n_inputs(len(layout.names), text=False), hidden=8),
+                         n_features=len(layout.names))
+    result = train(model, prepared.splits["train"], prepared.splits["validation"],
+                   TrainConfig(**{**TINY.__dict__, "epochs": 2}), tmp_path / "tabular")
+    assert model.encoder is None and len(result.history) == 2
+    assert all(torch.isfinite(torch.tensor([h.train_loss, h.val_loss])).all() for h in result.history)
+    features = prepared.splits["holdout"].tensors[0]
+    assert model(features).shape == (len(features),)

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from loopwise.contracts import SOURCES
 from loopwise.landing import zone
 from loopwise.pipelines import stages, transforms
 from loopwise.validation.suites import validate
+from supportdesk import USE_CASE
+from supportdesk import transforms as silver
 
 DAY = date(2026, 3, 2)
 AT = datetime(2026, 3, 3, 6, 0, 0)
+SOURCES = USE_CASE.contracts
 
 
 def raw_frame(spark, path: Path, source: str):
@@ -24,7 +26,7 @@ def raw_frame(spark, path: Path, source: str):
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory) -> dict[str, zone.LandedFile]:
     root = tmp_path_factory.mktemp("landing")
-    return {f.source: f for f in zone.land_day(root, DAY, 120, seed=21, bad_row_fraction=0.08)}
+    return {f.source: f for f in zone.land_day(USE_CASE, root, DAY, 120, seed=21, bad_row_fraction=0.08)}
 
 
 def run_all(spark, landed: dict[str, zone.LandedFile]) -> dict[str, list[tuple]]:
@@ -39,7 +41,7 @@ def run_all(spark, landed: dict[str, zone.LandedFile]) -> dict[str, list[tuple]]
         out[f"failures_{source}"] = sorted((k[1], tuple(v)) for k, v in report.failures.items())
         out[f"bronze_{source}"] = sorted(map(tuple, bronze.collect()))
         out[f"quarantine_{source}"] = sorted(map(tuple, transforms.quarantine(raw, bad, source, AT).collect()))
-        out[f"silver_{source}"] = sorted(map(tuple, transforms.SILVER[source](bronze).collect()))
+        out[f"silver_{source}"] = sorted(map(tuple, USE_CASE.source(source).silver(bronze).collect()))
     return out
 
 
@@ -100,7 +102,7 @@ def test_silver_orders_convert_to_eur_and_flag_status(spark) -> None:
          ("O2", "C1", datetime(2026, 3, 2, 11), Decimal("10.00"), "GBP", "completed", DAY, 2)],
         "order_id string, customer_id string, ordered_at timestamp, amount decimal(12,2), currency string, "
         "status string, partition_date date, _line long")
-    rows = {r.order_id: r for r in transforms.silver_orders(bronze).collect()}
+    rows = {r.order_id: r for r in silver.silver_orders(bronze).collect()}
     assert rows["O1"].amount_eur == pytest.approx(9.2) and rows["O1"].is_refunded and not rows["O1"].is_cancelled
     assert rows["O2"].amount_eur == pytest.approx(11.7) and rows["O2"].order_date == DAY
 
@@ -120,7 +122,7 @@ def eur_amounts(spark) -> dict[str, float | None]:
          for name, (amount, currency, _) in EUR_CASES.items()],
         "order_id string, customer_id string, ordered_at timestamp, amount decimal(12,2), currency string, "
         "status string, partition_date date, _line long")
-    return {r.order_id: r.amount_eur for r in transforms.silver_orders(bronze).collect()}
+    return {r.order_id: r.amount_eur for r in silver.silver_orders(bronze).collect()}
 
 
 def test_silver_eur_amounts_round_the_exact_product_half_up(spark) -> None:
@@ -132,7 +134,7 @@ def test_silver_tickets_build_the_model_text(spark) -> None:
         [("T1", "C1", datetime(2026, 3, 2, 9), "chat", "Broken kettle", "It  leaks.", DAY, 1)],
         "ticket_id string, customer_id string, created_at timestamp, channel string, subject string, body string, "
         "partition_date date, _line long")
-    row = transforms.silver_tickets(bronze).collect()[0]
+    row = silver.silver_tickets(bronze).collect()[0]
     assert row.text == "Broken kettle. It  leaks." and row.text_length == len(row.text)
 
 

@@ -106,6 +106,12 @@ class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
 
+class AutomationSettings(_Section):
+    on_by_default: bool = Field(True, description="the landing sensor and data-path automation start running with "
+                                                  "the daemon (embedded default); prod turns them on by hand")
+    landing_interval_seconds: int = Field(15, gt=0, description="how often the landing sensor looks for complete days")
+
+
 class DemoSettings(_Section):
     dates: list[date] = Field(default_factory=lambda: [date(2026, 3, 2) + timedelta(days=i) for i in range(4)])
     rows_per_day: int = Field(2000, gt=0, description="rows per day of the use case's synthetic feed")
@@ -127,6 +133,7 @@ class Settings(_Section):
     features: FeatureSettings = FeatureSettings()
     registry: RegistrySettings = RegistrySettings()
     training: TrainingSettings = TrainingSettings()
+    automation: AutomationSettings = AutomationSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
@@ -209,7 +216,10 @@ def load_settings(profile: str | None = None, environ: dict[str, str] | None = N
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            where = origin.get(key, str(config_file))
+            parts = [str(p) for p in err["loc"]]
+            key = ".".join(parts)
+            # A nested value (registry.models.x.tolerance) came from the variable that set its section.
+            where = next((origin[".".join(parts[:i])] for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in origin),
+                         str(config_file))
             problems.append(f"  {key}: {err['msg']} (got {err.get('input')!r}; from {where})")
         raise ConfigError(f"invalid configuration for profile {profile!r}:\n" + "\n".join(problems)) from None

@@ -7,6 +7,7 @@ definitions are the Feast repository in `feature_repo/`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,34 @@ def _features(views: list[Any]) -> set[str]:
     return {f"{v.name}.{f.name}" for v in views for f in v.features}
 
 
+def repo_digest(repo_dir: Path) -> str:
+    """A digest of the Feast repository's definitions: it changes exactly when `feature_repo/` does."""
+    digest = hashlib.sha256()
+    for path in sorted(repo_dir.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _applied_marker(store: FeatureStore) -> Path | None:
+    """Where the digest of the last applied repository is kept: beside a file registry (None for others)."""
+    registry = store.config.registry
+    path = registry if isinstance(registry, str) else getattr(registry, "path", "")
+    return None if "://" in str(path) else Path(path).parent / "applied_repo.digest"
+
+
+def ensure_applied(store: FeatureStore, repo_dir: Path) -> ApplyDiff | None:
+    """Apply the repository when the registry lacks it or `feature_repo/` changed since; None when current.
+
+    Every path that reads Feast's registry calls this first, so a fresh instance works from any entry
+    point (a job, a backfill, one asset) without materializing `feast_registry` by hand first.
+    """
+    marker = _applied_marker(store)
+    current = marker is not None and marker.exists() and marker.read_text() == repo_digest(repo_dir)
+    if current and store.list_feature_views():
+        return None
+    return apply_repo(store, repo_dir)
+
+
 def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
     """Register the repository's definitions (like `feast apply`) and report the diff."""
     from feast.diff.property_diff import TransitionType
@@ -128,6 +157,9 @@ def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
     store.apply(to_apply, objects_to_delete=to_delete, partial=False)
     after = _features(store.list_feature_views())
     diff.added_features, diff.removed_features = sorted(after - before), sorted(before - after)
+    marker = _applied_marker(store)
+    if marker is not None:
+        marker.write_text(repo_digest(repo_dir))
     return diff
 
 

@@ -153,3 +153,26 @@ def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
         "_key_occurrence": pa.array(occurrence, pa.int32()),
     })
     return LandedTable(table, [c for c in contract.column_names if c not in index], extra)
+
+
+def complete_days(root: Path, sources: list[str]) -> dict[str, str]:
+    """Days whose landing files are all there (one per source, either format), each with a signature of its
+    files (name, size, modification time) that changes when any of them is landed again."""
+    by_day: dict[str, list[str]] = {}
+    for source in sources:
+        folder = root / source
+        for path in sorted(folder.glob("*.*")) if folder.is_dir() else []:
+            if path.suffix.lstrip(".") not in FORMATS:
+                continue  # a file still being written is a .tmp until its atomic rename
+            stat = path.stat()
+            by_day.setdefault(path.stem, []).append(f"{source}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return {day: "|".join(parts) for day, parts in sorted(by_day.items())
+            if len({p.split("/", 1)[0] for p in parts}) == len(sources) and _is_date(day)}
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

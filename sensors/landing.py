@@ -1,0 +1,53 @@
+"""The landing sensor: a day whose files are complete starts its raw ingest; automation does the rest.
+
+A sensor, not an automation condition, because the trigger lives outside Dagster (files in the
+landing zone) and needs a look at them: a day counts once every source's file is there, and again
+when any file is landed anew. From raw on, `assets.automation.CARRY_DAY` carries the day through
+bronze, silver and the feature tables to the online store.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import dagster as dg
+from loopwise.config import load_settings
+from loopwise.landing.zone import complete_days
+
+from assets.partitions import DAILY
+from assets.raw import RAW_ASSETS
+from assets.usecase import USE_CASE
+from resources import LakeResource
+
+_automation = load_settings().automation
+
+
+@dg.sensor(name="landing_sensor", target=RAW_ASSETS, minimum_interval_seconds=_automation.landing_interval_seconds,
+           default_status=dg.DefaultSensorStatus.RUNNING if _automation.on_by_default else dg.DefaultSensorStatus.STOPPED,
+           description="Requests the raw ingest of each day whose landing files are complete (every source), "
+                       "again when a file is landed anew; declarative automation carries it downstream.")
+def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    days = complete_days(lake.landing_root(), [s.name for s in USE_CASE.sources])
+    first, last = DAILY.start.date(), DAILY.get_last_partition_window().start.date()  # type: ignore[union-attr]
+    requests, outside = [], []
+    for day, signature in days.items():
+        if seen.get(day) == signature:
+            continue
+        if not first <= date.fromisoformat(day) <= last:
+            outside.append(day)
+            continue
+        requests.append(dg.RunRequest(run_key=f"{day}:{signature}", partition_key=day))
+        seen[day] = signature
+    if not requests:
+        note = f"; outside the partitions {first}..{last}: {', '.join(outside)}" if outside else ""
+        return dg.SkipReason(f"no newly complete day in {lake.landing_root()}{note}")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen))
+
+
+# Evaluates every asset's automation condition (Dagster's own machinery, run by the daemon).
+data_path_automation = dg.AutomationConditionSensorDefinition(
+    "data_path_automation", target=dg.AssetSelection.all(), minimum_interval_seconds=_automation.landing_interval_seconds,
+    default_status=dg.DefaultSensorStatus.RUNNING if _automation.on_by_default else dg.DefaultSensorStatus.STOPPED,
+    description="Carries each landed day from raw to the online store, and applies feature_repo/ when it changes.")
