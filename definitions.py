@@ -8,9 +8,19 @@ from loopwise.secrets import get_secret, install_log_redaction
 
 from assets import ALL_ASSETS
 from assets.usecase import USE_CASE
-from jobs import data_layer_job, data_layer_schedule
+from jobs import TRAINING_JOBS, data_layer_job, data_layer_schedule
 from resources import build_resources
 from sensors import SENSORS
+
+
+def executor_for(settings: Settings) -> dg.ExecutorDefinition:
+    """Embedded: one process per run, so the Spark engine starts once and serves every asset. On
+    Kubernetes (`executor: k8s`): a pod per step, each with its asset's dagster-k8s tags (the GPU)."""
+    if settings.orchestration.executor == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return dg.in_process_executor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -24,12 +34,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     install_log_redaction()
     return dg.Definitions(
         assets=ALL_ASSETS,
-        jobs=[data_layer_job],
+        jobs=[data_layer_job, *TRAINING_JOBS],
         schedules=[data_layer_schedule],
         sensors=SENSORS,
         resources=build_resources(settings, USE_CASE),
-        # One process per run: the embedded Spark engine starts once and serves every asset.
-        executor=dg.in_process_executor,
+        executor=executor_for(settings),
     )
 
 

@@ -87,3 +87,19 @@ def test_a_bad_nested_override_names_its_variable() -> None:
         load_settings(environ={"LOOPWISE__REGISTRY__MODELS": "{order-refund-risk: {tolerance: -1}}"})
     assert "registry.models.order-refund-risk.tolerance" in str(error.value)
     assert "environment variable LOOPWISE__REGISTRY__MODELS" in str(error.value)
+
+
+def test_the_feast_yaml_files_name_only_variables_loopwise_reads() -> None:
+    """`feature_store*.yaml` (for the feast CLI) may use the data root, a secret the profile names, or an override."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent / "feature_repo"
+    prod = load_settings("prod")
+    secrets = {f"LOOPWISE_SECRET_{name.upper()}" for name in prod.secret_names()}
+    for path in repo.glob("feature_store*.yaml"):
+        for variable in re.findall(r"\$\{(\w+)\}", path.read_text()):
+            if variable == "LOOPWISE_DATA_DIR" or variable in secrets:
+                continue
+            assert variable.startswith("LOOPWISE__"), (path.name, variable)
+            section, key = variable.removeprefix("LOOPWISE__").lower().split("__")
+            assert key in type(getattr(prod, section)).model_fields, (path.name, variable)

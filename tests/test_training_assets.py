@@ -1,7 +1,6 @@
 """Every declared model trained, evaluated and registered as Dagster assets, with lineage back to raw;
 a third model declared in this module is generated and materialized the same way; the training pod."""
 
-import json
 
 import dagster as dg
 from loopwise.events import Event, open_store
@@ -13,7 +12,7 @@ from pyspark.sql import functions as F
 from supportdesk import USE_CASE
 from supportdesk.models import mlp
 
-from assets.models import MODEL_ASSETS, k8s_tags, keys, model_assets
+from assets.models import k8s_tags, keys, model_assets
 from resources import MlflowResource, build_resources
 from tests.conftest import DAY1, DAY2, Built
 
@@ -56,6 +55,23 @@ def test_every_declared_model_is_trained_evaluated_registered_and_traced_to_raw(
             raw = chain[f"raw_{source}"]
             assert f"partitions {DAY1}..{DAY2}" in raw.detail and "from 2 landing files" in raw.detail
             assert raw.runs, "the Dagster run that materialized the raw partitions"
+
+
+def test_training_reads_the_settings_when_the_run_starts_and_scores_holdout_rows_by_key(built: Built) -> None:
+    import mlflow
+    from loopwise.training.pipeline import evaluate_run, read_evaluation
+
+    client = mlflow.MlflowClient(built.settings.tracking_uri)
+    for spec in USE_CASE.models:
+        trained = _latest(built, keys(spec)["trained_model"])
+        # LOOPWISE__TRAINING__EPOCHS=3 was set after the definitions were imported (the profile says 8).
+        assert client.get_run(trained["mlflow_run_id"]).data.params["epochs"] == "3"
+        logged = read_evaluation(built.settings.tracking_uri, trained["mlflow_run_id"])
+        rows = built.lake.table(spec.training_table).read(version=trained["training_set_version"]).to_pandas()
+        shuffled = rows.sample(frac=1.0, random_state=3).reset_index(drop=True)  # another row order, same rows
+        again = evaluate_run(spec, built.settings.tracking_uri, trained["mlflow_run_id"], trained["model_uri"], shuffled,
+                             None)
+        assert again.metrics == logged.metrics
 
 
 def test_lineage_follows_the_writes_that_make_up_a_version_not_later_ones(tmp_path) -> None:
@@ -103,22 +119,55 @@ def test_a_model_declared_in_this_module_gets_its_assets_and_registers(built: Bu
     assert Registry(built.settings.tracking_uri, open_store(built.settings.events_url), THROWAWAY.name).alias(CHALLENGER) == "1"
 
 
-def test_the_training_pod_requests_gpu_memory_and_priority() -> None:
-    from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
+def _pod_for_run(run: object) -> object:
+    """The pod spec dagster-k8s's run launcher builds for a run: its container context from the run's tags."""
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job
 
-    def pod_for(tags: dict) -> object:
-        as_run_tags = {k: json.dumps(v) for k, v in tags.items()}
-        config = DagsterK8sJobConfig(job_image="loopwise:test", dagster_home="/opt/dagster/home",
-                                     instance_config_map="dagster-instance")
-        job = construct_dagster_k8s_job(config, ["dagster", "api", "execute_run"], "train",
-                                        get_user_defined_k8s_config(as_run_tags))
-        return job.spec.template.spec
+    context = K8sContainerContext.create_for_run(run, None, include_run_tags=True)  # type: ignore[arg-type]
+    config = DagsterK8sJobConfig(job_image="loopwise:test", dagster_home="/opt/dagster/home",
+                                 instance_config_map="dagster-instance")
+    job = construct_dagster_k8s_job(config, ["dagster", "api", "execute_run"], "train", component="run_worker",
+                                    user_defined_k8s_config=context.run_k8s_config)
+    return job.spec.template.spec
 
-    prod = pod_for(k8s_tags(1, "32Gi", "loopwise-prod"))
-    resources = prod.containers[0].resources
-    assert resources.limits["nvidia.com/gpu"] == "1" and resources.limits["memory"] == "32Gi"  # k8s quantities
-    assert prod.priority_class_name == "loopwise-prod"
-    trained = next(a for a in MODEL_ASSETS if a.key == keys(USE_CASE.models[0])["trained_model"])
-    dev = pod_for({k: json.loads(v) if isinstance(v, str) and v.startswith("{") else v
-                   for k, v in trained.op.tags.items() if k.startswith("dagster-k8s")})
-    assert dev.priority_class_name == "loopwise-dev" and "nvidia.com/gpu" not in (dev.containers[0].resources.limits or {})
+
+def test_a_training_run_pod_requests_the_profiles_gpu_memory_and_priority(monkeypatch) -> None:
+    """A run of each model's training job, as dagster-k8s's run launcher turns it into a pod."""
+    import importlib
+    import sys
+
+    for name, value in {"LOOPWISE_PROFILE": "prod", "LOOPWISE_SECRET_POSTGRES_PASSWORD": "x",
+                        "LOOPWISE_SECRET_REDIS_PASSWORD": "x"}.items():
+        monkeypatch.setenv(name, value)
+    layer = lambda name: name == "definitions" or name.startswith(("assets", "jobs", "sensors"))  # noqa: E731
+    for module in [m for m in sys.modules if layer(m)]:
+        monkeypatch.delitem(sys.modules, module)  # the definitions as the prod profile builds them
+    try:
+        prod = importlib.import_module("definitions").defs
+        with dg.instance_for_test() as instance:
+            for spec in USE_CASE.models:
+                job = prod.resolve_job_def(f"train_{spec.slug}")
+                # A launched run carries its job's tags (the UI's launch merges the job's tags, execute_job its run tags).
+                assert job.tags == job.run_tags
+                run = instance.create_run_for_job(job_def=job, run_config={}, tags=job.run_tags)
+                pod = _pod_for_run(instance.get_run_by_id(run.run_id))
+                resources = pod.containers[0].resources
+                assert resources.limits["nvidia.com/gpu"] == "1" and resources.requests["nvidia.com/gpu"] == "1"
+                assert resources.limits["memory"] == "32Gi" and pod.priority_class_name == "loopwise-prod"
+    finally:
+        for module in [m for m in sys.modules if layer(m)]:
+            del sys.modules[module]  # monkeypatch puts the dev profile's modules back
+    assert type(prod.resolve_job_def("data_layer").executor_def).__name__ == "ExecutorDefinition"
+    assert prod.resolve_job_def("data_layer").executor_def.name == "k8s"
+
+
+def test_the_dev_training_pod_asks_for_no_gpu() -> None:
+    from definitions import defs
+
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_job_def(f"train_{USE_CASE.models[0].slug}")
+        run = instance.create_run_for_job(job_def=job, run_config={}, tags=job.run_tags)
+        pod = _pod_for_run(instance.get_run_by_id(run.run_id))
+    assert pod.priority_class_name == "loopwise-dev" and "nvidia.com/gpu" not in (pod.containers[0].resources.limits or {})
+    assert k8s_tags(0, "8Gi", "loopwise-dev")["dagster-k8s/config"]["container_config"]["resources"]["limits"] == {"memory": "8Gi"}

@@ -8,8 +8,9 @@ lake's storage options, a PostgreSQL password secret, a Redis online store).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loopwise import usecase
 from loopwise.config import Settings
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
     from loopwise.events.store import EventStore
+    from loopwise.features.retrieval import EntityFeatures
     from loopwise.registry import GatePolicy, Registry
 
 
@@ -42,6 +44,13 @@ class Backends:
         from loopwise.features.store import feature_store
 
         return feature_store(self.settings, self.use_case.feature_repo)
+
+    def online_features(self, service: str, entity_rows: list[dict[str, Any]]) -> list[EntityFeatures]:
+        """A feature service's online values for these entities, stale after the profile's `features.stale_after_hours`."""
+        from loopwise.features.retrieval import online_features
+
+        stale_after = timedelta(hours=self.settings.features.stale_after_hours)
+        return online_features(self.feature_store(), service, entity_rows, stale_after)
 
     def registry(self, model: str, events: EventStore | None = None) -> Registry:
         from loopwise.registry import Registry

@@ -112,10 +112,7 @@ def tables() -> None:
 
 def _print_training_sets(backends: Backends) -> None:
     """Each model's training set, and the online features of its first entity as serving reads them."""
-    from loopwise.features.retrieval import online_features
-
-    lake, store = backends.lake(), backends.feature_store()
-    stale_after = timedelta(hours=backends.settings.features.stale_after_hours)
+    lake = backends.lake()
     for spec in backends.use_case.models:
         table = lake.table(spec.training_table)
         if not table.exists():
@@ -127,10 +124,11 @@ def _print_training_sets(backends: Backends) -> None:
         if not keys:
             continue
         entity = {keys[0]: data.column(keys[0])[0].as_py()}
-        row = online_features(store, spec.feature_service, [entity], stale_after)[0]
+        row = backends.online_features(spec.feature_service, [entity])[0]
         states = {v.status.value for v in row.values.values()}
         typer.echo(f"  online features of {entity} (feature service {spec.feature_service}): "
-                   f"{len(row.values)} values, {', '.join(sorted(states))}")
+                   f"{len(row.values)} values, {', '.join(sorted(states))} "
+                   f"(stale after {backends.settings.features.stale_after_hours:g} h)")
 
 
 def _print_models(backends: Backends) -> None:

@@ -106,6 +106,11 @@ class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
 
+class OrchestrationSettings(_Section):
+    executor: str = Field("in_process", pattern="^(in_process|k8s)$",
+                          description="in_process (a run in one process) or k8s (a pod per step, dagster-k8s)")
+
+
 class AutomationSettings(_Section):
     on_by_default: bool = Field(True, description="the landing sensor and data-path automation start running with "
                                                   "the daemon (embedded default); prod turns them on by hand")
@@ -134,6 +139,7 @@ class Settings(_Section):
     registry: RegistrySettings = RegistrySettings()
     training: TrainingSettings = TrainingSettings()
     automation: AutomationSettings = AutomationSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
