@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import dagster as dg
+from loopwise.config import load_settings
 from loopwise.features import stages as features
 from loopwise.features.store import repo_digest
 from loopwise.usecase import FeatureTable
@@ -30,14 +31,14 @@ def feature_table_asset(table: FeatureTable) -> dg.AssetsDefinition:
     return _table
 
 
-@dg.asset(group_name="features", kinds={"feast"}, code_version=repo_digest(USE_CASE.feature_repo),
+@dg.asset(group_name="features", kinds={"feast"}, code_version=repo_digest(USE_CASE.feature_repo, load_settings().lake_uri),
           automation_condition=ON_REPO_CHANGE,
           description="`feast apply` of feature_repo/: entities, feature views, feature services. Its code version "
                       "is the repository's digest: the UI shows it changed when feature_repo/ does.")
 def feast_registry(feast: FeatureStoreResource) -> dg.MaterializeResult:
     from loopwise.features.store import apply_repo
 
-    diff = apply_repo(feast.store(), feast.location().repo_dir)
+    diff = apply_repo(feast.store(), feast.location().repo_dir, feast.lake_uri)
     return dg.MaterializeResult(metadata={
         "added": ", ".join(diff.added) or "none", "changed": ", ".join(diff.changed) or "none",
         "removed": ", ".join(diff.removed) or "none",

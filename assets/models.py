@@ -39,7 +39,7 @@ TRAINING_POD = k8s_tags(_training.gpus, _training.memory, _training.priority_cla
 def keys(spec: ModelSpec) -> dict[str, dg.AssetKey]:
     """The asset keys of a model's chain: `<model>/training_set`, `<model>/trained_model`, ..."""
     return {step: dg.AssetKey([spec.slug, step])
-            for step in ("training_set", "trained_model", "model_evaluation", "registered_model")}
+            for step in ("training_set", "trained_model", "model_evaluation", "registered_model", "deployed_endpoint")}
 
 
 def _upstream(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, Any]:
@@ -147,7 +147,28 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                                   metadata={"reasons": dg.MetadataValue.json(decision.reasons),
                                             "metrics": dg.MetadataValue.json(decision.candidate)})
 
-    return [training_set, trained_model, model_evaluation, registered_model]
+    @dg.asset(key=k["deployed_endpoint"], deps=[k["registered_model"]], group_name=group, kinds={"fastapi"},
+              description=f"{spec.name}: the version every `loopwise serve` replica answers with. Materializing it "
+                          "records the deployment in the central state store; each worker loads and warms the "
+                          "version within seconds. The service's live state arrives as observations.")
+    def deployed_endpoint(context: dg.AssetExecutionContext, mlflow: MlflowResource,
+                          events: EventStoreResource) -> dg.MaterializeResult:
+        from loopwise.registry import CHALLENGER
+        from loopwise.serving.models import record_deployment
+
+        store = events.store()
+        registry = mlflow.registry(spec.name, store)
+        version, alias = registry.alias(CHAMPION), CHAMPION
+        challenger = registry.alias(CHALLENGER)
+        if challenger and challenger != version:
+            version, alias = challenger, CHALLENGER  # the newest version through the gate
+        if version is None:
+            raise dg.Failure(f"{spec.name} has no version through the gate: materialize {k['registered_model'].to_user_string()}")
+        record_deployment(store, spec.name, version, alias, actor="dagster", reason=f"run {context.run.run_id}")
+        return dg.MaterializeResult(metadata={"model": spec.name, "version": version, "arm": alias,
+                                              "traffic": dg.MetadataValue.json({alias: 1.0})})
+
+    return [training_set, trained_model, model_evaluation, registered_model, deployed_endpoint]
 
 
 MODEL_ASSETS = [asset for spec in USE_CASE.models for asset in model_assets(spec)]

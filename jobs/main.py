@@ -39,9 +39,10 @@ def steps() -> list[Step]:
              | dg.AssetSelection.assets(*FEATURE_TABLE_ASSETS, "online_features"), True),
         Step("training sets (point-in-time join through Feast)",
              dg.AssetSelection.assets(*(k["training_set"] for k in models)), False),
-        Step("train, evaluate, register each model through its gate",
+        Step("train, evaluate, register each model through its gate, deploy it",
              dg.AssetSelection.assets(*(k[s] for k in models for s in ("trained_model", "model_evaluation",
-                                                                          "registered_model"))), False),
+                                                                          "registered_model", "deployed_endpoint"))),
+             False),
     ]
 
 

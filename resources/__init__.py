@@ -32,7 +32,7 @@ def build_resources(settings: Settings, use_case: UseCase) -> dict[str, Any]:
             repo_dir=str(use_case.feature_repo), feast_dir=str(settings.paths.feast),
             online_store=settings.features.online_store, redis_url=settings.features.redis_url,
             redis_password_secret=settings.features.redis_password_secret, spark_remote=settings.spark.remote,
-            stale_after_hours=settings.features.stale_after_hours,
+            stale_after_hours=settings.features.stale_after_hours, lake_uri=settings.lake_uri,
         ),
         "training": TrainingResource(
             epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,

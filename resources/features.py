@@ -22,6 +22,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     redis_password_secret: str | None = None
     spark_remote: str | None = None
     stale_after_hours: float = 48.0
+    lake_uri: str | None = None  # where the repository's data sources point (the profile's lake)
 
     def location(self) -> FeastLocation:
         return FeastLocation(Path(self.repo_dir), Path(self.feast_dir), self.online_store, self.redis_url,
@@ -35,5 +36,5 @@ class FeatureStoreResource(dg.ConfigurableResource):
         from loopwise.features.store import ensure_applied
 
         store = self.store()
-        ensure_applied(store, Path(self.repo_dir))
+        ensure_applied(store, Path(self.repo_dir), self.lake_uri)
         return store

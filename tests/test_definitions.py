@@ -54,7 +54,7 @@ def test_the_engine_names_no_domain() -> None:
     assert offenders == []
 
 
-def test_every_declared_model_has_its_own_group_of_four_assets() -> None:
+def test_every_declared_model_has_its_own_group_of_assets() -> None:
     from assets.models import keys
     from definitions import defs
 
@@ -64,6 +64,7 @@ def test_every_declared_model_has_its_own_group_of_four_assets() -> None:
         assert {graph.get(key).group_name for key in k.values()} == {spec.slug}
         assert graph.get(k["trained_model"]).parent_keys == {k["training_set"]}
         assert graph.get(k["registered_model"]).parent_keys == {k["model_evaluation"]}
+        assert graph.get(k["deployed_endpoint"]).parent_keys == {k["registered_model"]}
         assert {f"silver_{s}" for s in spec.reads} <= {p.to_user_string() for p in graph.get(k["training_set"]).parent_keys}
         assert (k["registered_model"], "passes_gate") in {(c.asset_key, c.name) for c in graph.asset_check_keys}
 

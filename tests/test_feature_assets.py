@@ -39,6 +39,9 @@ def test_features_flow_from_silver_to_the_online_store_and_the_training_sets(bui
     again = dg.materialize([a for a in ALL_ASSETS if a.key == dg.AssetKey("feast_registry")],
                            instance=built.instance, resources=resources)
     assert again.get_asset_materialization_events()[0].materialization.metadata["added"].value == "none"
+    # Applied from this process (whose environment names another data root), the sources still point at this lake.
+    sources = Backends(built.settings).feature_store().list_data_sources()
+    assert sources and all(s.path.startswith(built.settings.lake_uri) for s in sources)
 
 
 def test_serving_reads_each_models_features_online_with_the_profiles_staleness(built: Built) -> None:

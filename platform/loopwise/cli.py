@@ -335,5 +335,29 @@ def status() -> None:
     typer.echo("  " + (", ".join(f"{k} {v:.0%}" for k, v in report.traffic.items()) or "no endpoint deployed"))
 
 
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="the port (default: the profile's serving.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes (default: serving.workers)")] = None,
+    host: Annotated[str | None, typer.Option(help="the address to listen on (default: serving.host)")] = None,
+) -> None:
+    """Serve every declared model (KServe v1 predict) and the online features (Feast's protocol), with metrics."""
+    import tempfile
+
+    import uvicorn
+
+    backends = _backends()
+    serving = backends.settings.serving
+    workers = workers or serving.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="loopwise-metrics-")
+    tls = {"ssl_certfile": serving.tls_cert, "ssl_keyfile": serving.tls_key} if serving.tls_cert else {}
+    typer.secho(f"serving {', '.join(m.name for m in backends.use_case.models)} on "
+                f"{'https' if tls else 'http'}://{host or serving.host}:{port or serving.port} ({workers} workers)",
+                bold=True)
+    uvicorn.run("loopwise.serving.app:from_environment", factory=True, host=host or serving.host,
+                port=port or serving.port, workers=workers, log_level="warning", **tls)
+
+
 if __name__ == "__main__":
     app()

@@ -106,6 +106,29 @@ class PartitionSettings(_Section):
     start_date: date = Field(date(2026, 1, 1), description="first daily partition")
 
 
+class AuthSettings(_Section):
+    require_key_for_predictions: bool = Field(False, description="prediction routes need a key or token (viewer role)")
+    oidc_issuer: str | None = Field(None, description="the OIDC issuer whose bearer tokens are accepted (iss)")
+    oidc_audience: str | None = Field(None, description="the audience those tokens must carry (aud)")
+    oidc_jwks_url: str | None = Field(None, description="where the issuer publishes its signing keys (JWKS)")
+    role_claim: str = Field("loopwise_role", description="the token claim that holds the role: viewer, operator, admin")
+
+
+class ServingSettings(_Section):
+    host: str = Field("127.0.0.1", description="where `loopwise serve` listens")
+    port: int = Field(8080, gt=0, lt=65536)
+    workers: int = Field(1, gt=0, description="uvicorn worker processes")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="a larger request body gets 413")
+    max_batch: int = Field(256, gt=0, description="most instances (or entities) one request may carry")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits for more requests while the "
+                                                        "model is busy")
+    group_commit_ms: float = Field(2.0, ge=0, description="the prediction log's group-commit window")
+    log_dir: str | None = Field(None, description="the prediction log's write-ahead segments; default <data_dir>/predlog")
+    tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS when set (with tls_key)")
+    tls_key: str | None = Field(None, description="PEM private key for tls_cert")
+    auth: AuthSettings = AuthSettings()
+
+
 class OrchestrationSettings(_Section):
     executor: str = Field("in_process", pattern="^(in_process|k8s)$",
                           description="in_process (a run in one process) or k8s (a pod per step, dagster-k8s)")
@@ -140,6 +163,7 @@ class Settings(_Section):
     training: TrainingSettings = TrainingSettings()
     automation: AutomationSettings = AutomationSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
+    serving: ServingSettings = ServingSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
@@ -178,6 +202,7 @@ class DataPaths:
         self.feast = root / "feast"
         self.mlflow = root / "mlflow"
         self.events = root / "events"
+        self.predlog = root / "predlog"
 
 
 def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:

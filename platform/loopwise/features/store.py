@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,9 +98,10 @@ def _features(views: list[Any]) -> set[str]:
     return {f"{v.name}.{f.name}" for v in views for f in v.features}
 
 
-def repo_digest(repo_dir: Path) -> str:
-    """A digest of the Feast repository's definitions: it changes exactly when `feature_repo/` does."""
-    digest = hashlib.sha256()
+def repo_digest(repo_dir: Path, lake_uri: str | None = None) -> str:
+    """A digest of the Feast repository's definitions (and the lake its sources point at): it changes
+    exactly when `feature_repo/` does, or when the same registry is applied for another lake."""
+    digest = hashlib.sha256((lake_uri or "").encode() + b"\0")
     for path in sorted(repo_dir.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -111,21 +114,39 @@ def _applied_marker(store: FeatureStore) -> Path | None:
     return None if "://" in str(path) else Path(path).parent / "applied_repo.digest"
 
 
-def ensure_applied(store: FeatureStore, repo_dir: Path) -> ApplyDiff | None:
+def ensure_applied(store: FeatureStore, repo_dir: Path, lake_uri: str | None = None) -> ApplyDiff | None:
     """Apply the repository when the registry lacks it or `feature_repo/` changed since; None when current.
 
     Every path that reads Feast's registry calls this first, so a fresh instance works from any entry
     point (a job, a backfill, one asset) without materializing `feast_registry` by hand first.
     """
     marker = _applied_marker(store)
-    current = marker is not None and marker.exists() and marker.read_text() == repo_digest(repo_dir)
+    current = marker is not None and marker.exists() and marker.read_text() == repo_digest(repo_dir, lake_uri)
     if current and store.list_feature_views():
         return None
-    return apply_repo(store, repo_dir)
+    return apply_repo(store, repo_dir, lake_uri)
 
 
-def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
-    """Register the repository's definitions (like `feast apply`) and report the diff."""
+@contextlib.contextmanager
+def _lake_for_repo(lake_uri: str | None) -> Iterator[None]:
+    """The repository's data sources read the lake's location from the profile (`lake.uri`): point it at
+    this store's lake while the repository is parsed, whatever the process environment says."""
+    if lake_uri is None:
+        yield
+        return
+    before = os.environ.get("LOOPWISE__LAKE__URI")
+    os.environ["LOOPWISE__LAKE__URI"] = lake_uri
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LOOPWISE__LAKE__URI", None)
+        else:
+            os.environ["LOOPWISE__LAKE__URI"] = before
+
+
+def apply_repo(store: FeatureStore, repo_dir: Path, lake_uri: str | None = None) -> ApplyDiff:
+    """Register the repository's definitions (like `feast apply`) for the lake at `lake_uri`; report the diff."""
     from feast.diff.property_diff import TransitionType
     from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
 
@@ -136,7 +157,7 @@ def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
         sys.modules.pop(name, None)
     sys.path.insert(0, str(repo_dir))
     try:
-        with contextlib.chdir(repo_dir):  # Feast names the repository's modules relative to the cwd
+        with contextlib.chdir(repo_dir), _lake_for_repo(lake_uri):  # Feast names the modules relative to the cwd
             repo = parse_repo(repo_dir)
     finally:
         sys.path.remove(str(repo_dir))
@@ -159,7 +180,7 @@ def apply_repo(store: FeatureStore, repo_dir: Path) -> ApplyDiff:
     diff.added_features, diff.removed_features = sorted(after - before), sorted(before - after)
     marker = _applied_marker(store)
     if marker is not None:
-        marker.write_text(repo_digest(repo_dir))
+        marker.write_text(repo_digest(repo_dir, lake_uri))
     return diff
 
 
