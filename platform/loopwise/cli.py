@@ -23,6 +23,15 @@ audit = typer.Typer(help="The audit trail: verify, export, read and record event
 app.add_typer(audit, name="audit")
 
 
+def _keys() -> typer.Typer:
+    from loopwise.serving.keys_cli import keys
+
+    return keys
+
+
+app.add_typer(_keys(), name="keys", help="API keys for the service and the CLI: create (shown once), list, revoke.")
+
+
 @app.callback()
 def _main() -> None:
     from loopwise.secrets import install_log_redaction
@@ -290,10 +299,15 @@ def audit_record(
     reason: Annotated[str, typer.Option(help="why")],
     actor: Annotated[str, typer.Option(envvar="USER", help="who (default: $USER)")] = "unknown",
 ) -> None:
-    """Record a manual action (who, what, why) in the audit trail."""
+    """Record a manual action (who, what, why) in the audit trail (operator role once keys or OIDC are set up)."""
     from loopwise.events import Event
+    from loopwise.serving.keys_cli import require_cli
 
-    record = _store(_settings()).append(Event("manual.action", subject, {"action": action}, actor, reason))
+    settings = _settings()
+    store = _store(settings)
+    caller = require_cli(settings, "operator", "audit record", store)
+    who = actor if caller.via == "local" else f"{actor} ({caller.subject})"
+    record = store.append(Event("manual.action", subject, {"action": action}, who, reason))
     typer.echo(f"recorded event {record.seq}")
 
 
@@ -332,7 +346,10 @@ def status() -> None:
     if not report.versions:
         typer.echo("  none yet")
     typer.secho("serving", bold=True)
-    typer.echo("  " + (", ".join(f"{k} {v:.0%}" for k, v in report.traffic.items()) or "no endpoint deployed"))
+    for model, split in report.traffic.items():
+        typer.echo(f"  {model:<24} version {split['version']} ({split['arm']}) {float(split['share']):.0%}")
+    if not report.traffic:
+        typer.echo("  no endpoint deployed")
 
 
 @app.command()

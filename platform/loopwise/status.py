@@ -30,7 +30,7 @@ class GroupFreshness:
 class PlatformStatus:
     versions: list[VersionState]
     groups: list[GroupFreshness]
-    traffic: dict[str, float] = field(default_factory=dict)  # filled once serving exists
+    traffic: dict[str, dict[str, str | float]] = field(default_factory=dict)  # model -> version, arm, share
 
 
 def _last_commit(table: TableRef) -> datetime | None:
@@ -62,5 +62,17 @@ def group_freshness(lake: Lake, use_case: UseCase) -> list[GroupFreshness]:
     return out
 
 
+def traffic(store: EventStore, use_case: UseCase) -> dict[str, dict[str, str | float]]:
+    """What each deployed model answers with, as recorded in the state store."""
+    from loopwise.serving.models import deployed_version
+
+    out: dict[str, dict[str, str | float]] = {}
+    for model in use_case.models:
+        deployed = deployed_version(store, model.name)
+        if deployed:
+            out[model.name] = {"version": deployed[0], "arm": deployed[1], "share": 1.0}
+    return out
+
+
 def platform_status(store: EventStore, lake: Lake, use_case: UseCase) -> PlatformStatus:
-    return PlatformStatus(Lifecycle(store).versions(), group_freshness(lake, use_case))
+    return PlatformStatus(Lifecycle(store).versions(), group_freshness(lake, use_case), traffic(store, use_case))

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, create_model
 
 from loopwise.backends import Backends
 from loopwise.serving import metrics
+from loopwise.serving.auth import Authenticator, Identity, for_predictions, require
 from loopwise.serving.models import (
     Batcher,
     LoadedVersion,
@@ -39,6 +40,8 @@ from loopwise.usecase import ModelSpec
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how soon every worker sees a recorded deployment
+Caller = Annotated[Identity, for_predictions()]  # anyone, or a viewer when serving.auth.require_key_for_predictions
+Operator = Annotated[Identity, require("operator")]
 
 
 class Prediction(BaseModel):
@@ -153,6 +156,7 @@ def create_app(backends: Backends) -> FastAPI:
 
     app = FastAPI(title="Loopwise serving", description=__doc__, version="1", lifespan=lifespan)
     app.state.service = service
+    Authenticator(settings, service.events).install(app)
 
     @app.middleware("http")
     async def limit_and_measure(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -203,6 +207,16 @@ def create_app(backends: Backends) -> FastAPI:
                              traffic={} if loaded is None else {loaded.arm: 1.0}, inputs=spec.inputs,
                              feature_service=spec.feature_service)
 
+    @app.post("/v1/models/{name}:reload", tags=["admin"], response_model=ModelMetadata,
+              summary="Load the version the state store names for this model now (operator role)")
+    async def reload(name: str, caller: Operator) -> ModelMetadata:
+        _spec(service, name)
+        await asyncio.to_thread(service.load, name)
+        if name in service.errors:
+            raise HTTPException(409, f"{name} could not be loaded: {service.errors[name]}")
+        log.info("%s reloaded by %s", name, caller.subject)
+        return await metadata(name)
+
     for spec in service.specs.values():
         _add_predict_route(app, service, spec)
 
@@ -222,7 +236,7 @@ def _spec(service: Service, name: str) -> ModelSpec:
 def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
     body_model = request_model(spec, service.settings.serving.max_batch)
 
-    async def predict(body: body_model) -> PredictResponse:  # type: ignore[valid-type]
+    async def predict(body: body_model, caller: Caller) -> PredictResponse:  # type: ignore[valid-type]
         loaded = service.loaded.get(spec.name)
         if loaded is None:
             metrics.ERRORS.labels(cause="model_not_ready").inc()
@@ -240,6 +254,9 @@ def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
             raise HTTPException(500, f"{spec.name} version {loaded.version} failed to score: {exc}") from exc
         return await _answer(service, loaded, instances, features, scores)
 
+    # The body's schema is built per model at run time: give FastAPI the class, not the postponed annotation.
+    predict.__annotations__.update(body=body_model, caller=Caller, return_=None)
+    predict.__annotations__.pop("return_")
     app.post(f"/v1/models/{spec.name}:predict", tags=["predict"], response_model=PredictResponse,
              summary=f"Score {spec.name}", description=spec.description, name=f"predict_{spec.slug}")(predict)
 
