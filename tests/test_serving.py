@@ -4,6 +4,7 @@ holds exactly the answers the clients received, across a SIGKILL and a graceful 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,13 @@ def test_every_model_answers_on_kserve_v1_and_bad_input_gets_a_4xx(built: Built)
         assert call(f"{base}/v1/models/no-such-model")[0] == 404
         openapi = call(f"{base}/openapi.json")[1]
         assert {f"/v1/models/{m.name}:predict" for m in USE_CASE.models} <= set(openapi["paths"])
+        # Schemathesis against the published OpenAPI: every generated request (valid or not) gets no 5xx.
+        fuzz = subprocess.run([str(Path(sys.executable).parent / "schemathesis"), "run", f"{base}/openapi.json",
+                               "--checks", "not_a_server_error", "--max-examples", "40", "--request-timeout", "30",
+                               "--exclude-path-regex", "metrics"],
+                              cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+        assert fuzz.returncode == 0, fuzz.stdout[-5000:] + fuzz.stderr[-2000:]
+        assert re.search(r"(\d+) generated, \1 passed", fuzz.stdout), fuzz.stdout[-3000:]
         metrics = call(f"{base}/metrics")[1]["text"]
         for series in ("loopwise_requests_total", "loopwise_request_seconds_bucket", "loopwise_predictions_total",
                        "loopwise_score_bucket", "loopwise_missing_features_total", "loopwise_errors_total"):

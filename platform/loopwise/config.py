@@ -120,6 +120,7 @@ class ServingSettings(_Section):
     workers: int = Field(1, gt=0, description="uvicorn worker processes")
     max_body_bytes: int = Field(1_048_576, gt=0, description="a larger request body gets 413")
     max_batch: int = Field(256, gt=0, description="most instances (or entities) one request may carry")
+    micro_batching: bool = Field(True, description="score queued requests together (off: one request per scoring)")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits for more requests while the "
                                                         "model is busy")
     group_commit_ms: float = Field(2.0, ge=0, description="the prediction log's group-commit window")

@@ -98,7 +98,9 @@ class Service:
             log.warning("model %s not loaded: %s", name, exc)
             return
         self.loaded[name] = loaded
-        self.batchers[name] = Batcher(loaded.score, self.settings.serving.max_batch, self.settings.serving.batch_wait_ms)
+        serving = self.settings.serving
+        self.batchers[name] = Batcher(loaded.score, serving.max_batch if serving.micro_batching else 1,
+                                      serving.batch_wait_ms)
         self.errors.pop(name, None)
         log.info("serving %s version %s (%s)", name, loaded.version, loaded.arm)
 
