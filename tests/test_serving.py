@@ -83,7 +83,7 @@ def logged_request_ids(built: Built) -> list[str]:
     return table.read().column("request_id").to_pylist() if table.exists() else []
 
 
-def test_every_model_answers_on_kserve_v1_and_bad_input_gets_a_4xx(built: Built) -> None:
+def test_every_model_answers_on_kserve_v1_and_bad_input_gets_a_4xx(built: Built, tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     examples = instances(built)
@@ -127,7 +127,7 @@ def test_every_model_answers_on_kserve_v1_and_bad_input_gets_a_4xx(built: Built)
         fuzz = subprocess.run([str(Path(sys.executable).parent / "schemathesis"), "run", f"{base}/openapi.json",
                                "--checks", "not_a_server_error", "--max-examples", "40", "--request-timeout", "30",
                                "--exclude-path-regex", "metrics"],
-                              cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+                              cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=900)
         assert fuzz.returncode == 0, fuzz.stdout[-5000:] + fuzz.stderr[-2000:]
         assert re.search(r"(\d+) generated, \1 passed", fuzz.stdout), fuzz.stdout[-3000:]
         metrics = call(f"{base}/metrics")[1]["text"]
