@@ -171,4 +171,8 @@ def test_the_prediction_log_holds_exactly_the_answers_given_across_a_kill_and_a_
         answered.extend(p["request_id"] for p in body["predictions"])
     logged = [r for r in logged_request_ids(built) if r not in before]
     assert len(logged) == len(set(logged)), "duplicate request ids in the prediction log"
-    assert set(logged) == set(answered)
+    assert set(answered) <= set(logged), "an answered prediction is missing from the log"
+    # The only rows beyond the answers: requests in flight at the kill, logged durably but never answered
+    # (the kill fell between the log's fsync and the response), at most 4 clients x 2 instances.
+    unanswered = set(logged) - set(answered)
+    assert len(unanswered) <= 8 and {r.rsplit("-", 1)[0] for r in unanswered} <= {r.rsplit("-", 1)[0] for r in logged}

@@ -241,6 +241,7 @@ class PredictionLog:
         self._target = 1
         self._writer: threading.Thread | None = None
         self._closing = False
+        self._io_lock = threading.Lock()  # the writer's write, or a rotation: the open segment's fd changes under it
         self._fd: int | None = None
         self._size = 0
         self._seq = 0
@@ -318,11 +319,12 @@ class PredictionLog:
                 self._target = max(self._sizes)
             payload = b"".join(group.chunks)
             try:
-                self._write(payload)
+                with self._io_lock:
+                    self._write(payload)
             except BaseException as error:  # noqa: BLE001 - every waiter must hear of it
                 log.exception("prediction log: a write to %s failed; %d records not logged",
                               self.directory, group.records)
-                self._seal()  # what follows goes to a fresh segment, never after a torn line
+                self.rotate()  # what follows goes to a fresh segment, never after a torn line
                 group.finish(error)
                 continue
             s = self._stats
@@ -356,9 +358,14 @@ class PredictionLog:
         self._fd, self._size = fd, 0
         self._stats = replace(self._stats, segments=self._stats.segments + 1)
 
+    def rotate(self) -> None:
+        """Seal the live segment now, so that the next flush moves it; the next write opens a new one."""
+        with self._io_lock:
+            self._seal()
+
     def _seal(self) -> None:
         if self._fd is not None:
-            fd, self._fd = self._fd, None
+            fd, self._fd, self._size = self._fd, None, 0
             os.close(fd)  # releases the lock: the segment is sealed
 
     # -- flushing into Delta -----------------------------------------------------------------------
@@ -430,9 +437,9 @@ class PredictionLog:
                 continue  # committed by a flusher that stopped before deleting it
             read = read_segment(_read_all(segment.fd, segment.size))
             if read.dropped_lines:
-                log.warning("prediction log: dropped %d torn line(s) (%d bytes) at the end of %s; "
-                            "no caller was told they were logged", read.dropped_lines, read.dropped_bytes,
-                            segment.path)
+                log.warning("prediction log: dropped %d torn line(s) (%d bytes) of %s, cut short or failing "
+                            "their checksum (a kill or a power cut mid-write); no caller was told they were logged",
+                            read.dropped_lines, read.dropped_bytes, segment.path)
             rows.extend(read.rows)
             versions[segment.writer] = segment.seq
             names.append(segment.path.name)
@@ -455,7 +462,11 @@ class PredictionLog:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start_flusher(self, interval_s: float) -> None:
-        """Recover what earlier processes left, then flush sealed segments every `interval_s`, in a thread."""
+        """Recover what earlier processes left, then every `interval_s` seal this process's segment and flush.
+
+        Rotating on each tick bounds how stale the Delta table is (about `interval_s`), at one Delta commit
+        per tick and worker while there is traffic: compact the table (OPTIMIZE) on a schedule.
+        """
         if self._flusher is not None and self._flusher.is_alive():
             return
         self._flusher_stop.clear()
@@ -467,8 +478,13 @@ class PredictionLog:
         first = True
         while not self._flusher_stop.is_set():
             try:
-                self.recover() if first else self.flush()
-                first = False
+                if first:
+                    self.recover()
+                    first = False
+                else:
+                    if self._size:
+                        self.rotate()
+                    self.flush()
             except Exception:
                 log.exception("prediction log: flushing %s into %s failed; the segments stay on disk and "
                               "the next flush retries", self.directory, self.table.uri)
@@ -486,7 +502,7 @@ class PredictionLog:
             writer = self._writer
         if writer is not None and writer is not threading.current_thread():
             writer.join()
-        self._seal()
+        self.rotate()
         return self.flush()
 
     def _after_fork_in_child(self) -> None:
