@@ -175,4 +175,4 @@ def test_the_prediction_log_holds_exactly_the_answers_given_across_a_kill_and_a_
     # The only rows beyond the answers: requests in flight at the kill, logged durably but never answered
     # (the kill fell between the log's fsync and the response), at most 4 clients x 2 instances.
     unanswered = set(logged) - set(answered)
-    assert len(unanswered) <= 8 and {r.rsplit("-", 1)[0] for r in unanswered} <= {r.rsplit("-", 1)[0] for r in logged}
+    assert len(unanswered) <= 8, unanswered
