@@ -121,6 +121,12 @@ def test_every_model_answers_on_kserve_v1_and_bad_input_gets_a_4xx(built: Built,
         assert status == 422
         assert call(f"{base}/v1/models/no-such-model:predict", {"instances": [{}]})[0] == 404
         assert call(f"{base}/v1/models/no-such-model")[0] == 404
+        # The same service answers Feast's feature-server protocol (tests/test_feature_server.py tests it in depth).
+        customer = examples[USE_CASE.models[1].name][0]["customer_id"]
+        status, body = call(f"{base}/get-online-features", {"feature_service": "refund_v1",
+                                                              "entities": {"customer_id": [customer, "C-NOBODY"]}})
+        assert status == 200 and body["metadata"]["feature_names"][0] == "customer_id"
+        assert body["results"][1]["statuses"][1] == "NOT_FOUND"
         openapi = call(f"{base}/openapi.json")[1]
         assert {f"/v1/models/{m.name}:predict" for m in USE_CASE.models} <= set(openapi["paths"])
         # Schemathesis against the published OpenAPI: every generated request (valid or not) gets no 5xx.

@@ -366,6 +366,8 @@ def serve(
     backends = _backends()
     serving = backends.settings.serving
     workers = workers or serving.workers
+    for name, value in {"MLFLOW_LOGGING_LEVEL": "ERROR", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+        os.environ.setdefault(name, value)  # the service's own log stays readable
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="loopwise-metrics-")
     tls = {"ssl_certfile": serving.tls_cert, "ssl_keyfile": serving.tls_key} if serving.tls_cert else {}

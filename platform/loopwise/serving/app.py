@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -222,6 +222,13 @@ def create_app(backends: Backends) -> FastAPI:
     for spec in service.specs.values():
         _add_predict_route(app, service, spec)
 
+
+    from loopwise.serving.feature_server import feature_router
+
+    stale_after = timedelta(hours=settings.features.stale_after_hours)
+    app.include_router(feature_router(lambda: service.store or backends.feature_store(), stale_after),
+                       tags=["features"], dependencies=[for_predictions()])
+
     @app.post("/v1/models/{name}:predict", tags=["predict"], include_in_schema=False)
     async def unknown_model(name: str) -> None:
         _spec(service, name)  # always raises: a declared model has its own route above
@@ -245,7 +252,7 @@ def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
             raise HTTPException(503, service.errors.get(spec.name) or f"{spec.name} is still loading")
         instances = [i.model_dump() for i in body.instances]  # type: ignore[attr-defined]
         rows = [{k: inst[k] for k in loaded.join_keys} for inst in instances]
-        stale_after = __import__("datetime").timedelta(hours=service.settings.features.stale_after_hours)
+        stale_after = timedelta(hours=service.settings.features.stale_after_hours)
         from loopwise.features.retrieval import online_features
 
         features = await asyncio.to_thread(online_features, service.store, spec.feature_service, rows, stale_after)
