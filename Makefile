@@ -31,6 +31,10 @@ dev: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_layer.py
 	$(BIN)/python benchmarks/materialize.py
+	$(BIN)/python benchmarks/landing.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/predlog.py
+	$(BIN)/python benchmarks/predictions.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform assets resources jobs sensors definitions.py tests benchmarks feature_repo

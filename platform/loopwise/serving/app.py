@@ -226,7 +226,9 @@ def create_app(backends: Backends) -> FastAPI:
     from loopwise.serving.feature_server import feature_router
 
     stale_after = timedelta(hours=settings.features.stale_after_hours)
-    app.include_router(feature_router(lambda: service.store or backends.feature_store(), stale_after),
+    # Reads follow the prediction routes' rule; writes to the online store need the operator role.
+    app.include_router(feature_router(lambda: service.store or backends.feature_store(), stale_after,
+                                      write_dependencies=[require("operator")]),
                        tags=["features"], dependencies=[for_predictions()])
 
     @app.post("/v1/models/{name}:predict", tags=["predict"], include_in_schema=False)
