@@ -9,8 +9,10 @@ clean row, and memory stays near the size of the table returned.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,20 +20,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from loopwise.contracts import SourceContract
 
-# Bytes read per window. On 2 cores a 10 M-row file reads as fast with 16 MiB windows as with
-# 64 MiB ones, and the window's working buffers stay small next to the table being built.
-WINDOW_BYTES = 16 << 20
+# Bytes read per window. A window's working memory is some 15x its size: 4 MiB windows read a
+# 10 M-row, 680 MB file about as fast as 8 or 16 MiB ones, at a lower peak (2.84x the file's size,
+# against 2.87x and 3.0x).
+WINDOW_BYTES = 4 << 20
 # A quoted value may run over lines for at most this many bytes; past that, the line that opened
 # it is read alone as a malformed record, so one stray quote cannot pull the rest of a file in.
 MAX_SPAN_BYTES = 256 << 20
 
+# While a file is read, Arrow allocates from the system allocator, trimmed every TRIM_BYTES read so
+# that freed window memory goes back to the system. Reading that file in a fresh process peaked at
+# 3.07x with Arrow's default pool (mimalloc) left as the default, though it served only some 6 MB,
+# and at 3.04x untrimmed; trimming every 16 MiB instead of 64 cost 1 s more CPU for 0.02x less.
+POOL = pa.system_memory_pool()
+TRIM_BYTES = 64 << 20
+
 BOM = b"\xef\xbb\xbf"
 NEWLINE, CR, QUOTE, COMMA = 10, 13, 34, 44
 BLANK_BYTES = b" \t\r\x0b\x0c"  # what bytes.strip() removes besides the newline: a blank line is no record
+_STARTS_BLANK = np.isin(np.arange(256), np.frombuffer(BLANK_BYTES, np.uint8))  # by a line's first byte
 
 COLUMNS_AFTER_CONTRACT = {"_line": pa.int64(), "_landed_row": pa.string(), "_field_shortfall": pa.int32(),
                           "_extra_columns": pa.string()}
@@ -56,12 +66,12 @@ def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
     file. Bytes that are not UTF-8 are decoded with replacement characters, which validation flags.
     """
     read = _read_parquet if path.suffix == ".parquet" else _read_csv
-    header, tables, key_hashes = read(path, contract)
-    schema = pa.schema([*(pa.field(c, pa.string()) for c in contract.column_names), *COLUMNS_AFTER_CONTRACT.items()])
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    # The how-many-th time this id appears in the file, in line order: later duplicates fail.
-    occurrence = _key_occurrence(table.column(contract.key), key_hashes)
-    table = table.append_column("_key_occurrence", occurrence)
+    with _system_memory():
+        header, tables = read(path, contract)
+        schema = pa.schema([*(pa.field(c, pa.string()) for c in contract.column_names), *COLUMNS_AFTER_CONTRACT.items()])
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        # The how-many-th time this id appears in the file, in line order: later duplicates fail.
+        table = table.append_column("_key_occurrence", _key_occurrence(table.column(contract.key)))
     extra = [h for h in header if h not in contract.column_names]
     return LandedTable(table, [c for c in contract.column_names if c not in header], extra)
 
@@ -78,11 +88,25 @@ class _Columns:
         self.contract = [(name, index.get(name)) for name in contract.column_names]
         self.extra = [(name, index[name]) for name in dict.fromkeys(h for h in header if h not in contract.column_names)]
         self.positions = sorted({i for _, i in self.contract + self.extra if i is not None})
-        self.key = contract.key
 
 
-def _read_csv(path: Path, contract: SourceContract) -> tuple[list[str], list[pa.Table], list[np.ndarray]]:
-    tables, key_hashes = [], []
+@contextlib.contextmanager
+def _system_memory() -> Iterator[None]:
+    """Make POOL Arrow's default pool while a file is read (see POOL for why).
+
+    Process-wide, but every buffer is freed to the pool that allocated it, so another thread
+    allocating meanwhile, or switching back, is safe at any time.
+    """
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(POOL)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _read_csv(path: Path, contract: SourceContract) -> tuple[list[str], list[pa.Table]]:
+    tables = []
     with path.open("rb") as f:
         buf, at_eof = bytearray(), False
         while b"\n" not in buf and not at_eof:
@@ -92,10 +116,10 @@ def _read_csv(path: Path, contract: SourceContract) -> tuple[list[str], list[pa.
         if buf.startswith(BOM):  # as spreadsheet programs write UTF-8
             del buf[:len(BOM)]
         cut = buf.find(b"\n") + 1 or len(buf)
-        header = split_line(bytes(buf[:cut]).decode("utf-8", errors="replace").removesuffix("\n").removesuffix("\r"))
+        header = _split_line(bytes(buf[:cut]).decode("utf-8", errors="replace").removesuffix("\n").removesuffix("\r"))
         del buf[:cut]
         columns = _Columns(header, contract)
-        first_line, size = 1, WINDOW_BYTES
+        first_line, size, untrimmed = 1, WINDOW_BYTES, 0
         while buf or not at_eof:
             if len(buf) < size and not at_eof:
                 chunk = f.read(size - len(buf))
@@ -106,71 +130,79 @@ def _read_csv(path: Path, contract: SourceContract) -> tuple[list[str], list[pa.
             if end == 0:  # one line longer than the window: read on to its end
                 size *= 2
                 continue
-            window = _read_window(buf, end, first_line, columns, at_eof or size >= MAX_SPAN_BYTES)
+            # A copy: pyarrow may let go of the bytes it read a moment after it returns.
+            with memoryview(buf) as view:
+                raw = bytes(view[:end])
+            window = _read_window(raw, first_line, columns, at_eof or size >= MAX_SPAN_BYTES)
             if window.lines == 0:  # a quoted value opened at the window's start runs past its end
                 size *= 2
                 continue
             if window.table is not None:
                 tables.append(window.table)
-                key_hashes.append(window.key_hashes)
             del buf[:window.used]
             first_line += window.lines
             size = WINDOW_BYTES
-    return header, tables, key_hashes
+            untrimmed += window.used
+            if untrimmed >= TRIM_BYTES:
+                POOL.release_unused()  # give the window's scratch memory back to the system
+                untrimmed = 0
+    POOL.release_unused()
+    return header, tables
 
 
 @dataclass
 class _Window:
-    """What one window of lines gave: its records, the hashes of their keys, and what it used."""
+    """What one window of lines gave: its records, and what it used."""
 
     table: pa.Table | None
-    key_hashes: np.ndarray
     used: int  # bytes of the buffer
     lines: int
 
 
-def _read_window(buf: bytearray, end: int, first_line: int, columns: _Columns, final: bool) -> _Window:
-    """The records of the whole lines in buf[:end].
+def _read_window(raw: bytes, first_line: int, columns: _Columns, final: bool) -> _Window:
+    """The records of a window of whole lines.
 
     A quoted value still open at the end is left for the next window, with more data, unless `final`.
     """
-    data, n = _valid_utf8(buf, end)
-    a = np.frombuffer(data, np.uint8, n)
+    data = _valid_utf8(raw)
+    a = np.frombuffer(data, np.uint8)
     lines = _Lines(a, data)
     records = _Records(a, data, lines, columns.width, final)
-    used = n if records.used_lines == lines.count else int(lines.starts[records.used_lines])
-    if data is not buf and used != n:  # the repair changed lengths: count the lines in the original
-        used = int(np.flatnonzero(np.frombuffer(buf, np.uint8, end) == NEWLINE)[records.used_lines - 1]) + 1
+    if records.used_lines == lines.count:
+        used = len(raw)
+    elif data is raw:
+        used = int(lines.starts[records.used_lines])
+    else:  # the repair changed lengths: count the lines in the original
+        used = int(np.flatnonzero(np.frombuffer(raw, np.uint8) == NEWLINE)[records.used_lines - 1]) + 1
     if records.count == 0:
-        return _Window(None, np.empty(0, np.uint32), used, records.used_lines)
+        return _Window(None, used, records.used_lines)
     fields = _parse_fields(data, records, columns)
     values = {name: fields[i] if i is not None else _null_strings(records.count) for name, i in columns.contract}
     table = pa.table({
         **values,
-        "_line": pa.array(first_line + records.first, pa.int64()),
-        "_landed_row": _landed_rows(data, records),
-        "_field_shortfall": pa.array(columns.width - records.fields, pa.int32()),
+        "_line": _numbers(first_line + records.first, np.int64),
+        "_landed_row": _landed_rows(data, records, lines),
+        "_field_shortfall": _numbers(columns.width - records.fields, np.int32),
         "_extra_columns": _extra_json(fields, records, columns),
     })
-    return _Window(table, _hash32(values[columns.key]), used, records.used_lines)
+    return _Window(table, used, records.used_lines)
 
 
-def _valid_utf8(buf: bytearray, end: int) -> tuple[bytearray | bytes, int]:
-    """buf[:end] as it is when it is UTF-8, else a copy with U+FFFD for each invalid sequence."""
-    offsets = pa.py_buffer(np.array([0, end], np.int64))
+def _valid_utf8(data: bytes) -> bytes:
+    """The bytes as they are when they are UTF-8, else with U+FFFD for each invalid sequence."""
+    offsets = pa.py_buffer(np.array([0, len(data)], np.int64))
     try:  # a zero-copy check in Arrow, several times faster than bytes.decode
-        pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(buf)[:end]]).cast(pa.large_string())
-        return buf, end
+        pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)]).cast(pa.large_string())
+        return data
     except pa.ArrowInvalid:
         # Replacement never takes an ASCII byte with it, so quotes, commas and newlines stay put.
-        fixed = bytes(buf[:end]).decode("utf-8", errors="replace").encode("utf-8")
-        return fixed, len(fixed)
+        return data.decode("utf-8", errors="replace").encode("utf-8")
 
 
 class _Lines:
     """The physical lines of a window: start, end (its newline) and content end (before a CR LF)."""
 
-    def __init__(self, a: np.ndarray, data: bytearray | bytes) -> None:
+    def __init__(self, a: np.ndarray, data: bytes) -> None:
         ends = np.flatnonzero(a == NEWLINE)
         if len(a) and (len(ends) == 0 or ends[-1] != len(a) - 1):
             ends = np.append(ends, len(a))  # the file's last line, without a newline
@@ -180,7 +212,8 @@ class _Lines:
         self.starts[0] = 0
         self.starts[1:] = ends + 1
         self.content_ends = ends
-        if data.find(b"\r", 0, len(a)) >= 0 and len(ends):
+        self.has_cr = b"\r" in data
+        if self.has_cr and len(ends):
             before = a[np.maximum(ends - 1, 0)]
             self.content_ends = ends - ((before == CR) & (ends > self.starts[:-1]))
 
@@ -195,10 +228,10 @@ class _Records:
     opening line is one malformed record on its own and reading goes on from the next line.
     """
 
-    def __init__(self, a: np.ndarray, data: bytearray | bytes, lines: _Lines, width: int, final: bool) -> None:
+    def __init__(self, a: np.ndarray, data: bytes, lines: _Lines, width: int, final: bool) -> None:
         n = lines.count
         starts, ends, content_ends = lines.starts[:-1], lines.ends, lines.content_ends
-        quotes = np.flatnonzero(a == QUOTE) if data.find(b'"', 0, len(a)) >= 0 else np.empty(0, np.int64)
+        quotes = np.flatnonzero(a == QUOTE) if b'"' in data else np.empty(0, np.int64)
         commas = np.flatnonzero(a == COMMA)
         quote_line = np.searchsorted(ends, quotes)
         first_quote = np.zeros(n + 1, np.int64)  # per line, and one past the last
@@ -227,10 +260,9 @@ class _Records:
         last_line[span_open] = span_close
         first = np.flatnonzero(np.cumsum(inside_span[:used]) == 0)
         blank = content_ends[first] == starts[first]
-        maybe_blank = np.flatnonzero(~blank & np.isin(a[np.minimum(starts[first], len(a) - 1)],
-                                                      np.frombuffer(BLANK_BYTES, np.uint8)))
+        maybe_blank = np.flatnonzero(~blank & _STARTS_BLANK[a[np.minimum(starts[first], len(a) - 1)]])
         for i in maybe_blank.tolist():
-            blank[i] = not bytes(data[starts[first[i]]:content_ends[first[i]]]).strip(BLANK_BYTES)
+            blank[i] = not data[starts[first[i]]:content_ends[first[i]]].strip(BLANK_BYTES)
         first = first[~blank]
         last = last_line[first]
         self.count, self.first, self.last = len(first), first, last
@@ -269,8 +301,7 @@ class _Records:
             bad_inside[quote_line[np.where(opens, ~closes_ok, ~opens_ok)]] = True
         # A CR that ends no line is text inside quotes and malformed outside them: pyarrow, like
         # most readers, would end a record there.
-        terminators = int(np.count_nonzero(content_ends != lines.ends))
-        if int(np.count_nonzero(a == CR)) != terminators:
+        if lines.has_cr and np.count_nonzero(content_ends != lines.ends) != np.count_nonzero(a == CR):
             crs = np.flatnonzero(a == CR)
             line = np.searchsorted(lines.ends, crs)
             stray = crs != content_ends[line]
@@ -308,14 +339,16 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _count_between(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """How many of the sorted `positions` fall in each [start, end) of sorted, disjoint ranges."""
+    """How many of the sorted `positions` fall in each [start, end) of sorted, disjoint ranges, where
+    none falls between two ranges (commas are not in line terminators or blank lines)."""
     per = len(positions) // max(len(starts), 1)
     if per and per * len(starts) == len(positions):
         # The common case, every record with as many: check that in one pass, with no search.
         grid = positions.reshape(len(starts), per)
         if np.all(grid[:, 0] >= starts) and np.all(grid[:, -1] < ends):
             return np.full(len(starts), per, np.int64)
-    return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
+    before_end = np.searchsorted(positions, ends)
+    return np.diff(before_end, prepend=np.searchsorted(positions, starts[:1]))
 
 
 def _fields_outside_quotes(commas: np.ndarray, quotes: np.ndarray, starts: np.ndarray, ends: np.ndarray,
@@ -328,92 +361,105 @@ def _fields_outside_quotes(commas: np.ndarray, quotes: np.ndarray, starts: np.nd
     return np.bincount(owner[outside], minlength=len(starts)) + 1
 
 
-def _parse_fields(data: bytearray | bytes, records: _Records, columns: _Columns) -> dict[int, pa.ChunkedArray]:
-    """The needed fields of every record, by header position: pyarrow reads the well-formed ones."""
-    n = records.count
-    irregular = np.flatnonzero(~records.regular)
-    if len(irregular) == n or not columns.positions:
-        fields = {i: _null_strings(n) for i in columns.positions}
+def _parse_fields(data: bytes, records: _Records, columns: _Columns) -> dict[int, pa.ChunkedArray]:
+    """The needed fields of every record, by header position, parsed by pyarrow.
+
+    A malformed record is read here first, as Python's csv module reads a line, and handed to
+    pyarrow rewritten with the header's number of fields, each quoted.
+    """
+    irregular = np.flatnonzero(~records.regular).tolist()
+    parsed = [_split_line(data[records.starts[r]:records.ends[r]].decode("utf-8")) for r in irregular]
+    records.fields[irregular] = [len(p) for p in parsed]
+    records.parsed = dict(zip(irregular, parsed, strict=True))
+    if not columns.positions:
+        return {}
+    stop = int(records.line_ends[-1]) + 1
+    if not irregular and stop <= len(data) and np.all(records.first[1:] == records.last[:-1] + 1):
+        source, newlines = pa.py_buffer(data)[int(records.starts[0]):stop], records.spans  # the window, no copy
     else:
-        stop = int(records.line_ends[-1]) + 1
-        if len(irregular) == 0 and stop <= len(data) and np.all(records.first[1:] == records.last[:-1] + 1):
-            source = pa.py_buffer(data)[int(records.starts[0]):stop]  # the window as it is, no copy
-        else:
-            source = pa.py_buffer(_with_placeholders(data, records, columns.width))
-        names = {i: f"f{i}" for i in columns.positions}
-        parsed = pacsv.read_csv(
-            pa.BufferReader(source),
-            read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 20),
-            parse_options=pacsv.ParseOptions(newlines_in_values=records.spans),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=list(names.values()), column_types={name: pa.string() for name in names.values()},
-                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True, check_utf8=False),
-        )
-        if parsed.num_rows != n:
-            raise RuntimeError(f"landing reader: pyarrow read {parsed.num_rows} records where {n} were found "
-                               "(a bug in loopwise.landing.reader: report it with the landing file)")
-        fields = {i: parsed.column(name) for i, name in names.items()}
-    if len(irregular) == 0:
-        return fields
-    # Malformed records, a line each, read as Python's csv module reads a line.
-    parsed_lines = [split_line(bytes(data[records.starts[r]:records.ends[r]]).decode("utf-8"))
-                    for r in irregular.tolist()]
-    records.fields[irregular] = [len(p) for p in parsed_lines]
-    records.parsed = dict(zip(irregular.tolist(), parsed_lines, strict=True))
-    mask = np.zeros(n, bool)
-    mask[irregular] = True
-    return {i: pa.chunked_array([pc.replace_with_mask(
-                column.combine_chunks(), pa.array(mask),
-                pa.array([(p[i] or None) if i < len(p) else None for p in parsed_lines], pa.string()))])
-            for i, column in fields.items()}
+        rewritten = [",".join(f'"{f}"' for f in (p + [""] * columns.width)[:columns.width]).encode("utf-8")
+                     for p in ([f.replace('"', '""') for f in p] for p in parsed)]
+        newlines = records.spans or any(b"\n" in line or b"\r" in line for line in rewritten)
+        source = pa.py_buffer(_with_rewritten(data, records, dict(zip(irregular, rewritten, strict=True))))
+    names = {i: f"f{i}" for i in columns.positions}
+    table = pacsv.read_csv(
+        pa.BufferReader(source),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 20),
+        parse_options=pacsv.ParseOptions(newlines_in_values=newlines),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=list(names.values()), column_types={name: pa.string() for name in names.values()},
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True, check_utf8=False),
+        memory_pool=POOL,
+    )
+    if table.num_rows != records.count:
+        raise RuntimeError(f"landing reader: pyarrow read {table.num_rows} records where {records.count} were found "
+                           "(a bug in loopwise.landing.reader: report it with the landing file)")
+    return {i: table.column(name) for i, name in names.items()}
 
 
-def _with_placeholders(data: bytearray | bytes, records: _Records, width: int) -> bytes:
-    """The window's well-formed records as they are, and a row of nulls for each malformed one."""
-    placeholder = b'""' + b',""' * (width - 1) + b"\n"
+def _with_rewritten(data: bytes, records: _Records, rewritten: dict[int, bytes]) -> bytes:
+    """The window's well-formed records as they are, and each malformed one as rewritten."""
     regular, first, last = records.regular, records.first, records.last
     # A run of well-formed records on consecutive lines is copied as one slice.
     new_run = np.ones(records.count, bool)
-    new_run[1:] = (regular[1:] != regular[:-1]) | (first[1:] != last[:-1] + 1)
+    new_run[1:] = ~regular[1:] | ~regular[:-1] | (first[1:] != last[:-1] + 1)
     bounds = np.append(np.flatnonzero(new_run), records.count).tolist()
-    pieces = []
+    view, pieces = memoryview(data), []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
         if regular[lo]:
-            pieces += [data[int(records.starts[lo]):int(records.ends[hi - 1])], b"\n"]
+            pieces += [view[int(records.starts[lo]):int(records.ends[hi - 1])], b"\n"]
         else:
-            pieces += [placeholder] * (hi - lo)
+            pieces += [rewritten[lo], b"\n"]
     return b"".join(pieces)
 
 
-def _landed_rows(data: bytearray | bytes, records: _Records) -> pa.Array:
+def _landed_rows(data: bytes, records: _Records, lines: _Lines) -> pa.Array:
     """Each record's bytes without its line terminator."""
     starts, ends = records.starts, records.ends
-    # Records of one line on consecutive lines, all ended alike (LF or CR LF), are copied as one
-    # slice with the terminators taken out: much faster than taking out bytes with numpy.
-    terminator = np.where(records.first == records.last, records.line_ends - ends, 0)  # 0: copy alone
-    terminator[records.line_ends >= len(data)] = 0  # the file's last line, without a newline
-    new_run = np.ones(records.count, bool)
-    new_run[1:] = (terminator[1:] != terminator[:-1]) | (records.first[1:] != records.last[:-1] + 1)
-    new_run |= terminator == 0
-    bounds = np.append(np.flatnonzero(new_run), records.count).tolist()
-    pieces = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
-        piece = data[int(starts[lo]):int(ends[hi - 1])]
-        if hi - lo > 1:
-            piece = piece.replace(b"\r\n" if terminator[lo] == 2 else b"\n", b"")
-        pieces.append(piece)
-    body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    offsets = np.zeros(records.count + 1, np.int32)
-    np.cumsum(ends - starts, out=offsets[1:])
-    if offsets[-1] != len(body):
-        raise RuntimeError("landing reader: landed rows do not add up (a bug in loopwise.landing.reader)")
-    return pa.StringArray.from_buffers(records.count, pa.py_buffer(offsets), pa.py_buffer(body))
+    offsets, offsets_view = _allocate(records.count + 1, np.int32)
+    offsets_view[0] = 0
+    np.cumsum(ends - starts, out=offsets_view[1:])
+    body = _without_terminators(data, records, lines)
+    if body is None or len(body) != offsets_view[-1]:
+        body = _record_by_record(data, records)
+    return pa.StringArray.from_buffers(records.count, offsets, pa.py_buffer(body))
+
+
+def _without_terminators(data: bytes, records: _Records, lines: _Lines) -> bytearray | None:
+    """The window's bytes with every record's line terminator taken out and the newlines inside quoted
+    values kept: two or three passes of bytes.replace, some 5x faster than taking bytes out with numpy.
+
+    None where the records do not all end alike (LF, or CR LF), or the last has no newline.
+    """
+    used = int(records.line_ends[-1]) + 1
+    if used > len(data):
+        return None
+    crlf = int(np.count_nonzero(lines.content_ends[records.last] != lines.ends[records.last]))
+    if crlf not in (0, records.count):
+        return None
+    with memoryview(data) as view:
+        body = bytearray(view[:used])
+    spans = np.flatnonzero(records.last != records.first)
+    if len(spans):
+        # Valid UTF-8 never holds the byte 0xFF: it stands in for the newlines inside values.
+        inside = lines.ends[_ranges(records.first[spans], records.last[spans])]
+        with memoryview(body) as view:
+            np.frombuffer(view, np.uint8)[inside] = 0xFF
+    body = body.replace(b"\r\n" if crlf else b"\n", b"")
+    return body.replace(b"\xff", b"\n") if len(spans) else body
+
+
+def _record_by_record(data: bytes, records: _Records) -> bytes:
+    """The records' bytes, taken out of the window with numpy, whatever ends their lines."""
+    a = np.frombuffer(data, np.uint8)
+    gaps = _ranges(np.r_[0, records.ends], np.r_[records.starts, len(a)])
+    return np.delete(a, gaps).tobytes()
 
 
 def _extra_json(fields: dict[int, pa.ChunkedArray], records: _Records, columns: _Columns) -> pa.ChunkedArray:
     if not columns.extra:
         return _null_strings(records.count)
-    objects = json_objects([(name, fields[i]) for name, i in columns.extra], records.count)
+    objects = _json_objects([(name, fields[i]) for name, i in columns.extra], records.count)
     parsed = records.parsed
     short = [r for r, p in parsed.items() if any(i >= len(p) for _, i in columns.extra)]
     if not short:
@@ -423,10 +469,10 @@ def _extra_json(fields: dict[int, pa.ChunkedArray], records: _Records, columns: 
                          ensure_ascii=False) for r in short]
     mask = np.zeros(records.count, bool)
     mask[short] = True
-    return pa.chunked_array([pc.replace_with_mask(objects, pa.array(mask), pa.array(values, pa.string()))])
+    return pa.chunked_array([pc.replace_with_mask(objects, _booleans(mask), _strings(values))])
 
 
-def split_line(text: str) -> list[str]:
+def _split_line(text: str) -> list[str]:
     """The fields of one line as Python's csv module reads it (default dialect, not strict).
 
     For the header and for malformed records: a quote opens a value only at a field's start, text
@@ -465,7 +511,9 @@ def split_line(text: str) -> list[str]:
 # --- Parquet ---------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, contract: SourceContract) -> tuple[list[str], list[pa.Table], list[np.ndarray]]:
+def _read_parquet(path: Path, contract: SourceContract) -> tuple[list[str], list[pa.Table]]:
+    import pyarrow.parquet as pq  # here: the CSV reader, and its benchmark, do without its memory
+
     source = pq.read_table(path)
     header, n = source.column_names, source.num_rows
     values = [_as_strings(source.column(i)) for i in range(source.num_columns)]
@@ -473,44 +521,87 @@ def _read_parquet(path: Path, contract: SourceContract) -> tuple[list[str], list
     extra = [h for h in header if h not in contract.column_names]
     table = pa.table({
         **{c: by_name.get(c, _null_strings(n)) for c in contract.column_names},
-        "_line": pa.array(np.arange(1, n + 1), pa.int64()),
-        "_landed_row": json_objects(list(zip(header, values, strict=True)), n),
-        "_field_shortfall": pa.array(np.zeros(n, np.int32)),
-        "_extra_columns": json_objects([(h, by_name[h]) for h in extra], n) if extra else _null_strings(n),
+        "_line": _numbers(np.arange(1, n + 1), np.int64),
+        "_landed_row": _json_objects(list(zip(header, values, strict=True)), n),
+        "_field_shortfall": _numbers(np.zeros(n, np.int32), np.int32),
+        "_extra_columns": _json_objects([(h, by_name[h]) for h in extra], n) if extra else _null_strings(n),
     })
-    return header, [table], [_hash32(table.column(contract.key))]
+    return header, [table]
 
 
 def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """A Parquet column as strings; another type as Python's str() writes each value, as before."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         return column.cast(pa.string())
-    return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+    return pa.chunked_array([_strings([None if v is None else str(v) for v in column.to_pylist()])])
 
 
 # --- Shared ----------------------------------------------------------------------------------------
 
 
-def json_objects(pairs: list[tuple[str, pa.ChunkedArray]], rows: int) -> pa.Array:
+def _json_objects(pairs: list[tuple[str, pa.ChunkedArray]], rows: int) -> pa.Array:
     """Per row, json.dumps({name: value, ...}, ensure_ascii=False) of string columns, vectorized."""
     merged = dict(pairs)  # a repeated name: its first position and its last value, as a dict has it
     if not merged:
-        return pa.array(["{}"] * rows, pa.string())
+        return _strings(["{}"] * rows)
     pieces: list[pa.Array | str] = []
     for k, (name, column) in enumerate(merged.items()):
         pieces += [("{" if k == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": ", _json_strings(column)]
-    return pc.binary_join_element_wise(*pieces, "}", "")
+    return pc.binary_join_element_wise(*(_text(p) if isinstance(p, str) else p for p in pieces), _text("}"),
+                                       _text(""))
 
 
 def _json_strings(column: pa.ChunkedArray) -> pa.Array:
     """Each value as a JSON string literal, `null` for null."""
     column = column.combine_chunks()
-    special = pc.fill_null(pc.match_substring_regex(column, r'[\x00-\x1f"\\]'), False)
-    if pc.any(special).as_py():  # escapes are rare: json.dumps writes them
-        rows = pa.array(np.flatnonzero(special.to_numpy(zero_copy_only=False)))
-        escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in column.take(rows).to_pylist()]
-        column = pc.replace_with_mask(column, special, pa.array(escaped, pa.string()))
-    return pc.fill_null(pc.binary_join_element_wise('"', column, '"', ""), "null")
+    special = pc.fill_null(pc.match_substring_regex(column, r'[\x00-\x1f"\\]'), _booleans(np.zeros(1, bool))[0])
+    rows = np.flatnonzero(special.to_numpy(zero_copy_only=False))
+    if len(rows):  # escapes are rare: json.dumps writes them
+        escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in column.take(_numbers(rows, np.int64)).to_pylist()]
+        mask = np.zeros(len(column), bool)
+        mask[rows] = True
+        column = pc.replace_with_mask(column, _booleans(mask), _strings(escaped))
+    quoted = pc.binary_join_element_wise(_text('"'), column, _text('"'), _text(""))
+    return pc.coalesce(quoted, _text("null"))
+
+
+# Arrays are built from their buffers in POOL's memory: pa.array() would import pandas, some 60 MB
+# in a fresh process.
+
+
+def _allocate(n: int, dtype: type[np.generic]) -> tuple[pa.Buffer, np.ndarray]:
+    """An Arrow buffer of n values and a writable numpy view of it."""
+    buffer = pa.allocate_buffer(n * np.dtype(dtype).itemsize, memory_pool=POOL)
+    return buffer, np.frombuffer(buffer, dtype)
+
+
+def _validity(valid: np.ndarray | None) -> pa.Buffer | None:
+    if valid is None or valid.all():
+        return None
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _numbers(values: np.ndarray, dtype: type[np.generic], valid: np.ndarray | None = None) -> pa.Array:
+    buffer, view = _allocate(len(values), dtype)
+    view[:] = values
+    return pa.Array.from_buffers(pa.from_numpy_dtype(dtype), len(values), [_validity(valid), buffer])
+
+
+def _booleans(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    encoded = [b"" if v is None else v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    valid = np.array([v is not None for v in values], bool)
+    return pa.Array.from_buffers(pa.string(), len(values),
+                                 [_validity(valid), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _text(value: str) -> pa.Scalar:
+    return _strings([value])[0]
 
 
 @functools.cache
@@ -525,52 +616,74 @@ def _null_strings(n: int) -> pa.ChunkedArray:
 
 
 def _valid_rows(column: pa.Array) -> np.ndarray:
+    """Which values are not null, as booleans."""
     if column.null_count == 0:
         return np.ones(len(column), bool)
     bits = np.frombuffer(column.buffers()[0], np.uint8)
     return np.unpackbits(bits, count=column.offset + len(column), bitorder="little")[column.offset:].astype(bool)
 
 
-def _hash32(keys: pa.ChunkedArray) -> np.ndarray:
-    """A 32-bit hash of each string from its length and its first, middle and last 8 bytes."""
-    out = []
-    for column in keys.chunks:
-        n = len(column)
-        if column.null_count == n:
-            out.append(np.zeros(n, np.uint32))
-            continue
-        offsets = np.frombuffer(column.buffers()[1], np.int32, n + 1, column.offset * 4).astype(np.int64)
-        data = np.zeros(int(offsets[-1]) + 8, np.uint8)  # padded: every 8-byte read stays inside
-        data[:int(offsets[-1] - offsets[0])] = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-        starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
-        words = np.lib.stride_tricks.as_strided(data, (len(data) - 7, 8), (1, 1))
+def _hash32(column: pa.Array) -> np.ndarray:
+    """A 32-bit hash of each string, from its length and its first, middle and last 8 bytes."""
+    n = len(column)
+    if column.null_count == n:
+        return np.zeros(n, np.uint32)
+    offsets = np.frombuffer(column.buffers()[1], np.int32, n + 1, column.offset * 4).astype(np.int64)
+    values = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
+    width = int(lengths[0])
+    if lengths.min() == width == lengths.max():  # ids of one width, the usual case: slices, no gather
+        padded = np.zeros((n, max(width, 8)), np.uint8)
+        padded[:, :width] = values.reshape(n, width)
+        at = (0, max(width // 2 - 4, 0), max(width - 8, 0))
+        words = [np.ascontiguousarray(padded[:, i:i + 8]).view(np.uint64).ravel() for i in at]
+    else:
+        data = np.zeros(len(values) + 8, np.uint8)  # padded: every 8-byte read stays inside
+        data[:-8] = values
+        windows = np.lib.stride_tricks.as_strided(data, (len(data) - 7, 8), (1, 1))
         keep = np.where(lengths >= 8, ~np.uint64(0),
                         (np.uint64(1) << (8 * np.minimum(lengths, 7)).astype(np.uint64)) - np.uint64(1))
-        h = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        for at in (starts, starts + np.maximum(lengths // 2 - 4, 0), starts + np.maximum(lengths - 8, 0)):
-            h = (h ^ (np.ascontiguousarray(words[at]).view(np.uint64).ravel() & keep)) * np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(31)
-        out.append((h ^ (h >> np.uint64(32))).astype(np.uint32))
-    return np.concatenate(out) if out else np.zeros(0, np.uint32)
+        at = (starts, starts + np.maximum(lengths // 2 - 4, 0), starts + np.maximum(lengths - 8, 0))
+        words = [np.ascontiguousarray(windows[i]).view(np.uint64).ravel() & keep for i in at]
+    h = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for word in words:
+        h = (h ^ word) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+    return (h ^ (h >> np.uint64(32))).astype(np.uint32)
 
 
-def _key_occurrence(keys: pa.ChunkedArray, key_hashes: list[np.ndarray]) -> pa.ChunkedArray:
+def _key_occurrence(keys: pa.ChunkedArray) -> pa.Array:
     """The how-many-th occurrence of each key in row order (null for a null key).
 
-    Keys were hashed to 32 bits as they were read; only rows whose hash repeats are compared
-    exactly, in Python, so a file of unique keys costs a sort of the hashes.
+    Keys are hashed to 32 bits in numpy, twice over, rather than kept hashed while the file is
+    read: the peak is the lower for it. Only rows whose hash repeats are compared exactly, in
+    Python, so a file of unique keys costs two hashing passes and a sort of the hashes.
     """
-    hashes = np.concatenate(key_hashes) if key_hashes else np.zeros(0, np.uint32)
-    valid = np.concatenate([_valid_rows(c) for c in keys.chunks]) if keys.num_chunks else np.zeros(0, bool)
-    present = hashes[valid]
+    present, filled = np.empty(len(keys) - keys.null_count, np.uint32), 0
+    for column in keys.chunks:
+        hashes = _hash32(column)[_valid_rows(column)]
+        present[filled:filled + len(hashes)] = hashes
+        filled += len(hashes)
     present.sort()
     repeated = np.unique(present[1:][present[1:] == present[:-1]])
     del present
-    occurrence = np.ones(len(hashes), np.int32)
-    if len(repeated):
-        rows = np.flatnonzero(valid & np.isin(hashes, repeated))
-        seen: dict[str, int] = {}
-        for row, key in zip(rows.tolist(), keys.take(pa.array(rows)).to_pylist(), strict=True):
-            seen[key] = seen.get(key, 0) + 1
-            occurrence[row] = seen[key]
-    return pa.chunked_array([pa.array(occurrence, pa.int32(), mask=~valid)])
+    # A 2**22-slot table of the repeated hashes' low bits rules out almost every row at once.
+    maybe = np.zeros(1 << 22, bool)
+    maybe[repeated & np.uint32((1 << 22) - 1)] = True
+    occurrence_buffer, occurrence = _allocate(len(keys), np.int32)
+    occurrence[:] = 1
+    valid = np.ones(len(keys), bool)
+    seen: dict[str, int] = {}
+    at = 0
+    for column in keys.chunks:
+        valid[at:at + len(column)] = rows_valid = _valid_rows(column)
+        if len(repeated):
+            hashes = _hash32(column)
+            rows = np.flatnonzero(rows_valid & maybe[hashes & np.uint32((1 << 22) - 1)])
+            found = repeated[np.minimum(np.searchsorted(repeated, hashes[rows]), len(repeated) - 1)] == hashes[rows]
+            rows = rows[found]
+            for row, value in zip(rows.tolist(), column.take(_numbers(rows, np.int64)).to_pylist(), strict=True):
+                seen[value] = seen.get(value, 0) + 1
+                occurrence[at + row] = seen[value]
+        at += len(column)
+    return pa.Array.from_buffers(pa.int32(), len(keys), [_validity(valid), occurrence_buffer])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -92,67 +91,9 @@ def land_day(use_case: UseCase, root: Path, day: date, rows: int = 2000, seed: i
     return landed
 
 
-@dataclass
-class LandedTable:
-    """A landing file read as strings, with each record's line and the schema it arrived with."""
-
-    table: pa.Table
-    missing_columns: list[str]
-    extra_columns: list[str]
-
-
-def read_landing_file(path: Path, contract: SourceContract) -> LandedTable:
-    """Read a landing file as landed: every value a string, nothing dropped.
-
-    One physical line is one record, so a truncated or badly quoted line damages only itself.
-    Bytes that are not UTF-8 are decoded with replacement characters, which validation flags.
-    Columns outside the contract are kept as JSON in `_extra_columns` and reported.
-    """
-    if path.suffix == ".parquet":
-        source = pq.read_table(path)
-        header = source.column_names
-        rows = [[None if v is None else str(v) for v in row.values()] for row in source.to_pylist()]
-        landed = [json.dumps(dict(zip(header, r, strict=False)), ensure_ascii=False) for r in rows]
-        counts = [len(header)] * len(rows)
-    else:
-        lines = path.read_bytes().split(b"\n")
-        header = next(csv.reader([lines[0].decode("utf-8", errors="replace").rstrip("\r")]))
-        rows, landed, counts = [], [], []
-        for raw in lines[1:]:
-            if not raw.strip():
-                continue
-            text = raw.decode("utf-8", errors="replace").rstrip("\r")
-            fields = next(csv.reader([text]), [])
-            landed.append(text)
-            counts.append(len(fields))
-            rows.append([f if f != "" else None for f in fields])
-    index = {name: i for i, name in enumerate(header)}
-    columns: dict[str, list[str | None]] = {}
-    for name in contract.column_names:
-        i = index.get(name)
-        columns[name] = [r[i] if i is not None and i < len(r) else None for r in rows]
-    extra = [h for h in header if h not in contract.column_names]
-    extras = [json.dumps({h: r[index[h]] for h in extra if index[h] < len(r)}, ensure_ascii=False) if extra else None
-              for r in rows]
-    seen: dict[str, int] = {}
-    occurrence: list[int | None] = []
-    for key in columns[contract.key]:
-        if key is None:
-            occurrence.append(None)
-        else:
-            seen[key] = seen.get(key, 0) + 1
-            occurrence.append(seen[key])
-    table = pa.table({
-        **{k: pa.array(v, pa.string()) for k, v in columns.items()},
-        "_line": pa.array(range(1, len(rows) + 1), pa.int64()),
-        "_landed_row": pa.array(landed, pa.string()),
-        # Fields the record lacks against its own header: a truncated line has a shortfall.
-        "_field_shortfall": pa.array([len(header) - c for c in counts], pa.int32()),
-        "_extra_columns": pa.array(extras, pa.string()),
-        # The how-many-th time this id appears in the file, in line order: later duplicates fail.
-        "_key_occurrence": pa.array(occurrence, pa.int32()),
-    })
-    return LandedTable(table, [c for c in contract.column_names if c not in index], extra)
+# The reader lives in reader.py; zone.read_landing_file and zone.LandedTable stay importable from here.
+from loopwise.landing.reader import LandedTable as LandedTable  # noqa: E402
+from loopwise.landing.reader import read_landing_file as read_landing_file  # noqa: E402
 
 
 def complete_days(root: Path, sources: list[str]) -> dict[str, str]:

@@ -69,8 +69,9 @@ def ingest_raw(lake: Lake, landing_root: Path, contract: SourceContract, window:
         if landed.extra_columns:
             extra[day.isoformat()] = landed.extra_columns
         rows = landed.table.num_rows
-        tables.append(landed.table.append_column("partition_date", pa.array([day] * rows, pa.date32()))
-                      .append_column("_source_file", pa.array([path.name] * rows, pa.string())))
+        # Constant per file: repeated scalars, no Python list of 10 M values.
+        tables.append(landed.table.append_column("partition_date", pa.repeat(pa.scalar(day, pa.date32()), rows))
+                      .append_column("_source_file", pa.repeat(pa.scalar(path.name, pa.string()), rows)))
         log.info("read %s rows of %s from %s", rows, contract.name, path)
     write = overwrite_partitions_arrow(pa.concat_tables(tables), raw_table(lake, contract.name), window)
     return RawResult(write, files, missing, extra)
