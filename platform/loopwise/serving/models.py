@@ -74,7 +74,10 @@ def load_version(tracking_uri: str, spec: ModelSpec, version: str, arm: str, joi
     """Load a registered version's pyfunc and its input layout, and warm it with one scoring."""
     import mlflow
 
+    # Both URIs explicitly: `models:/` resolves through the registry URI, which an inherited
+    # MLFLOW_REGISTRY_URI (MLflow exports it to child processes) would otherwise point elsewhere.
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
     layout = getattr(model.unwrap_python_model(), "layout", None)
     if not isinstance(layout, InputLayout):
