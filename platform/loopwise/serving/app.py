@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -127,11 +128,9 @@ def open_prediction_log(backends: Backends) -> Any:
 
     settings = backends.settings
     directory = settings.serving.log_dir or str(settings.paths.predlog)
-    predlog = PredictionLog(directory=__import__("pathlib").Path(directory),
-                            lake_table=backends.lake().table("predictions"),
+    predlog = PredictionLog(directory=Path(directory), lake_table=backends.lake().table("predictions"),
                             group_commit_ms=settings.serving.group_commit_ms)
-    predlog.recover()
-    predlog.start_flusher(5.0)
+    predlog.start_flusher(5.0)  # recovers first: what an earlier process left lands in Delta
     return predlog
 
 
@@ -286,7 +285,7 @@ async def _answer(service: Service, loaded: LoadedVersion, instances: list[dict[
                                   request_id=request_id, feature_statuses=statuses, missing_features=missing_count(feats)))
         records.append(LoggedPrediction(
             request_id=request_id, at=now, model=loaded.spec.name, version=loaded.version, arm=loaded.arm,
-            features=json.dumps(feats.values and {k: v.value for k, v in feats.values.items()}, default=str),
+            features=json.dumps({k: v.value for k, v in feats.values.items()}, default=str),
             inputs=json.dumps(instance, default=str), score=float(score)))
         metrics.PREDICTIONS.labels(model=loaded.spec.name, version=loaded.version, arm=loaded.arm).inc()
         metrics.SCORES.labels(model=loaded.spec.name).observe(float(score))
