@@ -148,25 +148,33 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                                             "metrics": dg.MetadataValue.json(decision.candidate)})
 
     @dg.asset(key=k["deployed_endpoint"], deps=[k["registered_model"]], group_name=group, kinds={"fastapi"},
-              description=f"{spec.name}: the version every `loopwise serve` replica answers with. Materializing it "
-                          "records the deployment in the central state store; each worker loads and warms the "
-                          "version within seconds. The service's live state arrives as observations.")
+              description=f"{spec.name}: what every `loopwise serve` replica answers with. Materializing it brings "
+                          "the newest gated version towards production by the model's rollout policy (profile "
+                          "`rollout`): released at once when the model has no champion yet, otherwise a canary, "
+                          "blue/green, shadow or A/B rollout that the canary-analysis sensor advances, promotes or "
+                          "rolls back on evidence. The service's live state arrives as observations.")
     def deployed_endpoint(context: dg.AssetExecutionContext, mlflow: MlflowResource,
                           events: EventStoreResource) -> dg.MaterializeResult:
-        from loopwise.registry import CHALLENGER
-        from loopwise.serving.models import record_deployment
+        from loopwise.rollout.policy import deploy
 
         store = events.store()
-        registry = mlflow.registry(spec.name, store)
-        version, alias = registry.alias(CHAMPION), CHAMPION
-        challenger = registry.alias(CHALLENGER)
-        if challenger and challenger != version:
-            version, alias = challenger, CHALLENGER  # the newest version through the gate
-        if version is None:
-            raise dg.Failure(f"{spec.name} has no version through the gate: materialize {k['registered_model'].to_user_string()}")
-        record_deployment(store, spec.name, version, alias, actor="dagster", reason=f"run {context.run.run_id}")
-        return dg.MaterializeResult(metadata={"model": spec.name, "version": version, "arm": alias,
-                                              "traffic": dg.MetadataValue.json({alias: 1.0})})
+        policy = load_settings().rollout.policy(spec.name)
+        try:
+            done = deploy(store, mlflow.registry(spec.name, store), spec.name, policy, actor="dagster",
+                          reason=f"{k['deployed_endpoint'].to_user_string()} materialized by run {context.run.run_id}")
+        except ValueError as exc:  # no gated version yet, or a bad policy: name the fix
+            raise dg.Failure(str(exc)) from None
+        rollout = done.rollout
+        context.log.info(f"{spec.name}: {done.action} version {done.version}"
+                         + (f" ({rollout.strategy.value} rollout {rollout.id}, {rollout.status.value})" if rollout else ""))
+        return dg.MaterializeResult(metadata={
+            "model": spec.name, "version": done.version, "action": done.action,
+            "strategy": rollout.strategy.value if rollout else "none",
+            "rollout_id": rollout.id if rollout else "none",
+            "rollout_status": rollout.status.value if rollout else "none",
+            "traffic": dg.MetadataValue.json({a.name: {"version": a.version, "weight": a.weight}
+                                              for a in rollout.arms} if rollout else {}),
+        })
 
     return [training_set, trained_model, model_evaluation, registered_model, deployed_endpoint]
 

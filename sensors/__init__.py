@@ -1,10 +1,12 @@
-"""Sensors: the audit trail, the landing zone, data-path automation, the endpoint's live state; drift and
-canary analysis follow."""
+"""Sensors: the audit trail, the landing zone, data-path automation, the endpoint's live state, and canary
+analysis of running rollouts."""
 
 from sensors.audit import audit_trail_sensor
 from sensors.landing import data_path_automation, landing_sensor
+from sensors.rollout import canary_analysis
 from sensors.serving import endpoint_observer
 
-SENSORS = [audit_trail_sensor, landing_sensor, data_path_automation, endpoint_observer]
+SENSORS = [audit_trail_sensor, landing_sensor, data_path_automation, endpoint_observer, canary_analysis]
 
-__all__ = ["SENSORS", "audit_trail_sensor", "data_path_automation", "endpoint_observer", "landing_sensor"]
+__all__ = ["SENSORS", "audit_trail_sensor", "canary_analysis", "data_path_automation", "endpoint_observer",
+           "landing_sensor"]

@@ -90,9 +90,9 @@ def test_status_and_lineage_work_for_every_model(built: Built, monkeypatch) -> N
     status = runner.invoke(app, ["status"])
     assert status.exit_code == 0, status.output
     for spec in USE_CASE.models:
-        assert re.search(rf"{spec.name}/1\s+challenger", status.output), status.output
+        assert re.search(rf"{spec.name}/1\s+champion", status.output), status.output  # the first release
         assert re.search(rf"{spec.slug}\s+1/1 tables", status.output)
-        assert re.search(rf"{spec.name}\s+version 1 \(challenger\) 100%", status.output)  # the main job deployed it
+        assert re.search(rf"{spec.name}\s+version 1 \(champion\) 100%\s+\[release promoted\]", status.output)
         chain = runner.invoke(app, ["lineage", f"{spec.name}@challenger"])
         assert chain.exit_code == 0, chain.output
         assert spec.training_table in chain.output and spec.feature_service in chain.output

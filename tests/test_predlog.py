@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 import os
 import random
 import signal
@@ -186,7 +187,7 @@ def test_graceful_stop_and_restart_log_exactly_the_acknowledged_records(where) -
     assert table.current_version() == version
     rows = table.read()
     assert rows.schema.names == ["request_id", "at", "model", "version", "arm", "features", "inputs", "score",
-                                 "partition_date"]
+                                 "latency_ms", "status", "served", "partition_date"]
     assert table.delta().metadata().partition_columns == ["partition_date"]
     row = rows.slice(0, 1).to_pylist()[0]
     assert row["partition_date"] == row["at"].astimezone(UTC).date()
@@ -388,3 +389,21 @@ def test_append_refuses_what_could_not_become_a_row_and_a_closed_log(where) -> N
         {"request_id": "v", "version": "7", "score": 1.0}]
     with pytest.raises(predlog.PredictionLogError, match="closed"):
         log.append([record("late")])
+
+
+def test_lines_from_before_latency_status_and_served_were_logged_still_move(tmp_path: Path) -> None:
+    """A segment an older service left (8 fields a line) lands with status ok, served, and no latency."""
+    from loopwise.lake.tables import Lake
+    from loopwise.serving.predlog import PredictionLog, read_segment
+
+    directory = tmp_path / "wal"
+    directory.mkdir()
+    body = json.dumps(["old-1", 1_700_000_000_000_000, "m", "1", "champion", "{}", "{}", 0.25]).encode()
+    (directory / "1-1-000001.wal").write_bytes(b"%08x %s\n" % (zlib.crc32(body), body))
+    assert read_segment((directory / "1-1-000001.wal").read_bytes()).rows[0][8:] == [None, "ok", True]
+    table = Lake(str(tmp_path / "lake")).table("predictions")
+    log = PredictionLog(directory=directory, lake_table=table)
+    assert log.recover() == 1
+    row = table.read().to_pylist()[0]
+    assert (row["request_id"], row["latency_ms"], row["status"], row["served"]) == ("old-1", None, "ok", True)
+    log.close()

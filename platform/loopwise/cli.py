@@ -311,6 +311,78 @@ def audit_record(
     typer.echo(f"recorded event {record.seq}")
 
 
+rollout_app = typer.Typer(help="A model's rollout: its state, and by hand what the canary analysis does "
+                                "(promote, rollback, pause, resume, abort, advance; operator role once keys or OIDC are "
+                                "set up). Each action is an audit event with who and why.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("status")
+def rollout_status(model: Annotated[str, typer.Argument(help="the model's registered name")]) -> None:
+    """The model's rollout: strategy, stage, arms with versions and weights, and its latest decisions."""
+    from loopwise.rollout.policy import describe
+
+    backends = _backends()
+    if model not in {m.name for m in backends.use_case.models}:
+        _unknown_model(backends, model)
+    info = describe(_store(backends.settings), model)
+    rollout = info["rollout"]
+    if rollout is None:
+        typer.echo(f"{model}: no rollout yet (materialize its deployed_endpoint)")
+        return
+    stage = f" step {rollout['stage'] + 1}/{len(rollout['steps'])}" if rollout["steps"] else ""
+    typer.secho(f"{model}: {rollout['strategy']} rollout {rollout['id']} {rollout['status']}{stage}", bold=True)
+    for arm in rollout["arms"]:
+        typer.echo(f"  {arm['name']:<11} version {arm['version']:<6} {arm['weight']:.0%}")
+    typer.echo(f"  allowed: {', '.join(rollout['allowed']) or 'nothing (finished)'}")
+    for d in info["decisions"]:
+        typer.echo(f"  {d['at'][:19]}  {d['action']:<9} {'applied' if d['applied'] else 'recorded'}  {d['reason']}")
+
+
+def _unknown_model(backends: Backends, model: str) -> None:
+    typer.secho(f"no model {model!r}; models: {', '.join(m.name for m in backends.use_case.models)}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _rollout_action(action: str, model: str, reason: str, actor: str) -> None:
+    from loopwise.rollout import IllegalMove, RolloutConflict
+    from loopwise.rollout.policy import act
+    from loopwise.serving.keys_cli import require_cli
+
+    backends = _backends()
+    if model not in {m.name for m in backends.use_case.models}:
+        _unknown_model(backends, model)
+    store = _store(backends.settings)
+    caller = require_cli(backends.settings, "operator", f"rollout {action}", store)
+    who = actor if caller.via == "local" else f"{actor} ({caller.subject})"
+    try:
+        done = act(store, backends.registry(model, store), model, action, actor=who, reason=reason)
+    except (IllegalMove, RolloutConflict, ValueError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    arms = ", ".join(f"{a.name} v{a.version} {a.weight:.0%}" for a in done.arms)
+    typer.echo(f"{model}: rollout {done.id} {done.status.value} ({arms}); every service follows within a second")
+
+
+def _add_rollout_action(action: str, doc: str) -> None:
+    def command(model: Annotated[str, typer.Argument(help="the model's registered name")],
+                reason: Annotated[str, typer.Option(help="why (recorded in the audit trail)")],
+                actor: Annotated[str, typer.Option(envvar="USER", help="who (default: $USER)")] = "unknown") -> None:
+        _rollout_action(action, model, reason, actor)
+
+    command.__doc__ = doc
+    rollout_app.command(action)(command)
+
+
+for _action, _doc in (("promote", "All traffic to the challenger, which becomes champion (the old one retires)."),
+                      ("rollback", "All traffic back to the champion; the challenger is rolled back."),
+                      ("pause", "Hold the rollout where it is (analysis keeps measuring; only a rollback applies)."),
+                      ("resume", "Let a paused rollout progress again."),
+                      ("abort", "End the rollout without a verdict; the champion keeps all traffic."),
+                      ("advance", "Move a canary to its next step now.")):
+    _add_rollout_action(_action, _doc)
+
+
 @app.command()
 def lineage(ref: Annotated[str, typer.Argument(help="MODEL@ALIAS or MODEL/VERSION, e.g. my-model@challenger")]) -> None:
     """The chain from a model version back to the raw partitions and landing files it came from."""
@@ -346,8 +418,9 @@ def status() -> None:
     if not report.versions:
         typer.echo("  none yet")
     typer.secho("serving", bold=True)
-    for model, split in report.traffic.items():
-        typer.echo(f"  {model:<24} version {split['version']} ({split['arm']}) {float(split['share']):.0%}")
+    for model, arms in report.traffic.items():
+        split = ", ".join(f"version {a['version']} ({a['arm']}) {float(a['share']):.0%}" for a in arms)
+        typer.echo(f"  {model:<24} {split}  [{arms[0]['strategy']} {arms[0]['status']}]")
     if not report.traffic:
         typer.echo("  no endpoint deployed")
 

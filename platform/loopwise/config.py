@@ -124,10 +124,47 @@ class ServingSettings(_Section):
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits for more requests while the "
                                                         "model is busy")
     group_commit_ms: float = Field(2.0, ge=0, description="the prediction log's group-commit window")
+    flush_interval_seconds: float = Field(5.0, gt=0, description="how often logged predictions move into the Delta "
+                                                                 "table that drift and rollout analysis read")
     log_dir: str | None = Field(None, description="the prediction log's write-ahead segments; default <data_dir>/predlog")
     tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS when set (with tls_key)")
     tls_key: str | None = Field(None, description="PEM private key for tls_cert")
     auth: AuthSettings = AuthSettings()
+
+
+RULE_DEFAULTS: list[dict[str, Any]] = [
+    {"rule": "error_rate", "max_rate": 0.01, "min_sample": 300},
+    {"rule": "latency", "quantile": 0.99, "max_ms": 250.0, "min_sample": 300},
+    {"rule": "accuracy", "measure_by": "log_loss", "max_degradation": 0.02, "min_sample": 200},
+]
+
+
+class RolloutPolicy(_Section):
+    """How one model's new versions reach production; a key left out takes the rollout-wide default."""
+
+    strategy: str | None = Field(None, pattern="^(canary|bluegreen|shadow|ab)$")
+    steps: list[int] | None = Field(None, description="canary: the challenger's percent at each step")
+    rules: list[dict[str, Any]] | None = Field(None, description="analysis rules (see rollout.rules)")
+    ab: dict[str, Any] | None = Field(None, description="an A/B test's plan: metric, baseline_rate, "
+                                                        "minimum_detectable_effect, alpha, power, test, split")
+
+
+class RolloutSettings(_Section):
+    strategy: str = Field("canary", pattern="^(canary|bluegreen|shadow|ab)$",
+                          description="how a new champion is rolled out: canary, bluegreen, shadow or ab")
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100],
+                             description="canary: the challenger's percent of traffic at each step")
+    rules: list[dict[str, Any]] = Field(default_factory=lambda: [dict(r) for r in RULE_DEFAULTS], description=(
+        "the analysis rules every step must pass; each names its `rule` (error_rate, latency, score_shift, accuracy) "
+        "and its threshold, min_sample, alpha, failure_limit, consecutive_successes, inconclusive_limit"))
+    analysis_interval_seconds: int = Field(30, gt=0, description="how often the canary-analysis sensor measures")
+    models: dict[str, RolloutPolicy] = Field(default_factory=dict, description="per model, the keys that differ")
+
+    def policy(self, model: str) -> RolloutPolicy:
+        """The model's policy with every unset key taken from the rollout-wide default."""
+        own = self.models.get(model, RolloutPolicy())
+        return RolloutPolicy(strategy=own.strategy or self.strategy, steps=own.steps or self.steps,
+                             rules=self.rules if own.rules is None else own.rules, ab=own.ab)
 
 
 class OrchestrationSettings(_Section):
@@ -165,6 +202,7 @@ class Settings(_Section):
     automation: AutomationSettings = AutomationSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
     serving: ServingSettings = ServingSettings()
+    rollout: RolloutSettings = RolloutSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property

@@ -30,7 +30,7 @@ class GroupFreshness:
 class PlatformStatus:
     versions: list[VersionState]
     groups: list[GroupFreshness]
-    traffic: dict[str, dict[str, str | float]] = field(default_factory=dict)  # model -> version, arm, share
+    traffic: dict[str, list[dict[str, str | float]]] = field(default_factory=dict)  # model -> its arms
 
 
 def _last_commit(table: TableRef) -> datetime | None:
@@ -62,15 +62,17 @@ def group_freshness(lake: Lake, use_case: UseCase) -> list[GroupFreshness]:
     return out
 
 
-def traffic(store: EventStore, use_case: UseCase) -> dict[str, dict[str, str | float]]:
-    """What each deployed model answers with, as recorded in the state store."""
-    from loopwise.serving.models import deployed_version
+def traffic(store: EventStore, use_case: UseCase) -> dict[str, list[dict[str, str | float]]]:
+    """Each deployed model's traffic split (its rollout's arms), as recorded in the state store."""
+    from loopwise.rollout import current
 
-    out: dict[str, dict[str, str | float]] = {}
+    out: dict[str, list[dict[str, str | float]]] = {}
     for model in use_case.models:
-        deployed = deployed_version(store, model.name)
-        if deployed:
-            out[model.name] = {"version": deployed[0], "arm": deployed[1], "share": 1.0}
+        rollout = current(store, model.name)
+        if rollout is not None:
+            strategy = rollout.strategy.value if rollout.champion_version else "release"  # a first version
+            out[model.name] = [{"version": a.version, "arm": a.name, "share": a.weight, "strategy": strategy,
+                                "status": rollout.status.value} for a in rollout.arms]
     return out
 
 

@@ -57,6 +57,18 @@ class FeatureTable:
 
 
 @dataclass(frozen=True)
+class Outcomes:
+    """Where a model's labels land once known: a silver source with the split key and the label column.
+
+    Read without Spark (a Delta read of two columns), so rollout analysis and performance tracking can join
+    served predictions to their outcomes as they arrive.
+    """
+
+    source: str
+    label: str
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model, declared once: the engine and the Dagster layer derive everything else from it.
 
@@ -78,6 +90,7 @@ class ModelSpec:
     segments: Mapping[str, str] = field(default_factory=dict)  # name -> pandas query over holdout rows
     segment_by: tuple[str, ...] = ()  # one segment per value of each of these columns
     request: type[BaseModel] | None = None  # what a caller sends to predict
+    outcomes: Outcomes | None = None  # where labels of served predictions arrive (joined on split_key)
     task: str = "binary"
     description: str = ""
 

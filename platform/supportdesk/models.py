@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from loopwise.usecase import ModelSpec, Reader
+from loopwise.usecase import ModelSpec, Outcomes, Reader
 from pydantic import BaseModel, Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -62,6 +62,7 @@ TICKET_ESCALATION = ModelSpec(
     segments=SEGMENTS,
     segment_by=("channel",),
     request=TicketRequest,
+    outcomes=Outcomes(source="ticket_outcomes", label="escalated"),
 )
 
 
@@ -93,6 +94,7 @@ ORDER_REFUND_RISK = ModelSpec(
     segments=SEGMENTS,
     segment_by=("currency",),
     request=OrderRequest,
+    outcomes=Outcomes(source="orders", label="is_refunded"),
 )
 
 

@@ -43,6 +43,7 @@ from loopwise.rollout.state import (
     pause,
     promote,
     reconcile,
+    release,
     resume,
     rollback,
     set_weights,
@@ -55,5 +56,5 @@ __all__ = [
     "Decision", "ErrorRate", "IllegalMove", "LabelledAccuracy", "LatencyQuantile", "Measurement", "Move", "Result",
     "Rollout", "RolloutConflict", "Route", "Router", "Rule", "RuleResult", "ScoreShift", "Status", "Strategy",
     "Traffic", "Verdict", "abort", "advance", "current", "decide", "decide_ab", "evaluate", "history", "pause",
-    "promote", "reconcile", "resume", "rollback", "set_weights", "start", "traffic", "unit", "units",
+    "promote", "reconcile", "release", "resume", "rollback", "set_weights", "start", "traffic", "unit", "units",
 ]

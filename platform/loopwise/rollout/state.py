@@ -60,13 +60,14 @@ class Move(StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     ABORT = "abort"
+    RELEASE = "release"  # a model's first version becomes champion: nothing to compare it with
 
 
 CHAMPION, CHALLENGER = "champion", "challenger"  # arm names
 DEFAULT_STEPS = (5, 25, 50, 100)
 KINDS = {Move.START: "rollout.started", Move.SET_WEIGHTS: "rollout.weights_set", Move.ADVANCE: "rollout.advanced",
          Move.PAUSE: "rollout.paused", Move.RESUME: "rollout.resumed", Move.PROMOTE: "rollout.promoted",
-         Move.ROLLBACK: "rollout.rolled_back", Move.ABORT: "rollout.aborted"}
+         Move.ROLLBACK: "rollout.rolled_back", Move.ABORT: "rollout.aborted", Move.RELEASE: "rollout.released"}
 STATE_KINDS = frozenset(KINDS.values())
 REFUSED = "rollout.refused"
 MEASURED = "rollout.measured"
@@ -76,12 +77,16 @@ _BY_STATUS: dict[Status, frozenset[Move]] = {
     Status.PAUSED: frozenset({Move.RESUME, Move.SET_WEIGHTS, Move.PROMOTE, Move.ROLLBACK, Move.ABORT}),
     **{status: frozenset() for status in FINISHED},
 }
-# Steps and manual weights are a canary's; an A/B split is fixed by its plan; shadow and blue/green switch at once.
+# Steps and manual weights are a canary's; an A/B split is fixed by its plan; shadow never moves traffic; blue/green
+# has two steps: green loaded and warmed with no traffic, then all traffic switched to it (advance), from where a
+# rollback switches everything back to blue (still loaded) in one step.
+_FINISHING = frozenset({Move.PAUSE, Move.RESUME, Move.PROMOTE, Move.ROLLBACK, Move.ABORT})
 _BY_STRATEGY: dict[Strategy, frozenset[Move]] = {
-    Strategy.CANARY: frozenset(Move) - {Move.START},
-    **{s: frozenset({Move.PAUSE, Move.RESUME, Move.PROMOTE, Move.ROLLBACK, Move.ABORT})
-       for s in (Strategy.AB, Strategy.SHADOW, Strategy.BLUEGREEN)},
+    Strategy.CANARY: frozenset(Move) - {Move.START, Move.RELEASE},
+    Strategy.BLUEGREEN: _FINISHING | {Move.ADVANCE},
+    **{s: _FINISHING for s in (Strategy.AB, Strategy.SHADOW)},
 }
+BLUEGREEN_STEPS = (0, 100)
 _ORDER = list(Move)
 
 
@@ -139,8 +144,10 @@ class Rollout:
 
     @property
     def final_stage(self) -> bool:
-        """Whether the next success promotes (the last canary step, or any other strategy)."""
-        return self.strategy is not Strategy.CANARY or self.stage >= len(self.steps) - 1
+        """Whether the next success promotes (the last canary or blue/green step, or any other strategy)."""
+        if self.strategy in (Strategy.CANARY, Strategy.BLUEGREEN) and self.steps:
+            return self.stage >= len(self.steps) - 1
+        return True
 
     def allowed(self) -> list[Move]:
         moves = _BY_STATUS[self.status] & _BY_STRATEGY[self.strategy]
@@ -169,7 +176,8 @@ class Rollout:
                    tuple(Arm(a["name"], a["version"], float(a["weight"])) for a in p["arms"]),
                    p["champion_version"], p["challenger_version"], tuple(p["steps"]), int(p["stage"]),
                    int(p["epoch"]), int(p["revision"]), p["started_at"], p["started_by"], p["plan"],
-                   record.seq if record.kind == KINDS[Move.START] else int(p["started_seq"]), record.seq)
+                   record.seq if record.kind in (KINDS[Move.START], KINDS[Move.RELEASE]) else int(p["started_seq"]),
+                   record.seq)
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -269,7 +277,7 @@ def _commit(store: EventStore, seen: Rollout | None, move: Move, new: Rollout, a
     """Append the change keyed by the revision it follows: a concurrent change of the same revision wins."""
     op = uuid.uuid4().hex
     # Keys name a rollout by the seq of its start event: unique even if a caller reuses a rollout id.
-    if seen is None or move is Move.START:
+    if seen is None or move in (Move.START, Move.RELEASE):
         key = f"rollout:{new.model}:start-after:{seen.started_seq if seen else 0}"
     else:
         new = replace(new, revision=seen.revision + 1)
@@ -328,7 +336,8 @@ def _walk(store: EventStore, model: str, planned: list[tuple[str, list[State]]],
 def _lifecycle_targets(rollout: Rollout) -> list[tuple[str, State]]:
     if rollout.status is Status.PROMOTED:
         # the new champion first, so the model always has one
-        return [(rollout.challenger_version, State.CHAMPION), (rollout.champion_version, State.RETIRED)]
+        return [(rollout.challenger_version, State.CHAMPION),
+                *([(rollout.champion_version, State.RETIRED)] if rollout.champion_version else [])]
     if rollout.status in (Status.ROLLED_BACK, Status.ABORTED):
         return [(rollout.challenger_version, State.ROLLED_BACK)]
     return [(rollout.challenger_version, State.SHADOW if rollout.strategy is Strategy.SHADOW else State.CANARY)]
@@ -358,7 +367,8 @@ def start(store: EventStore, model: str, strategy: Strategy | str, champion_vers
     champion_version, challenger_version = str(champion_version), str(challenger_version)
     if champion_version == challenger_version:
         raise ValueError(f"champion and challenger are the same version ({champion_version})")
-    steps = tuple(int(s) for s in steps) if strategy is Strategy.CANARY else ()
+    steps = tuple(int(s) for s in steps) if strategy is Strategy.CANARY else (
+        BLUEGREEN_STEPS if strategy is Strategy.BLUEGREEN else ())
     if strategy is Strategy.CANARY and (not steps or any(not 0 < s <= 100 for s in steps)
                                         or any(a >= b for a, b in zip(steps, steps[1:], strict=False))):
         raise ValueError(f"canary steps {list(steps)} must be increasing percentages in (0, 100], e.g. [5, 25, 50, 100]")
@@ -386,6 +396,33 @@ def start(store: EventStore, model: str, strategy: Strategy | str, champion_vers
     return started
 
 
+def release(store: EventStore, model: str, version: str | int, *, actor: str, reason: str,
+            move_alias: AliasMover | None = None) -> Rollout:
+    """Make a model's first gated version its champion at once: with no champion there is nothing to compare.
+
+    Refused when the model has a champion (start a rollout instead). The version's lifecycle moves
+    challenger -> canary -> champion and `move_alias` points the MLflow `champion` alias at it.
+    """
+    version = str(version)
+    previous = current(store, model)
+    lifecycle = Lifecycle(store)
+    if any(v.state is State.CHAMPION for v in lifecycle.versions(model)):
+        _refuse(store, model, previous, Move.RELEASE, actor, reason,
+                f"{model} has a champion already: roll version {version} out with rollout.start(...)")
+    if previous is not None and not previous.finished:
+        _refuse(store, model, previous, Move.RELEASE, actor, reason,
+                f"{model} already has a {previous.status.value} rollout {previous.id}; finish it first")
+    rollout = Rollout(uuid.uuid4().hex[:16], model, Strategy.BLUEGREEN, Status.PROMOTED, (Arm(CHAMPION, version, 1.0),),
+                      "", version, (), 0, 0, 0, datetime.now(UTC).isoformat(timespec="seconds"), actor)
+    planned = _plan_lifecycle(store, model, previous, Move.RELEASE, _lifecycle_targets(rollout), actor, reason)
+    done = _commit(store, previous, Move.RELEASE, rollout, actor, reason, {})
+    why = f"first release {done.id}: {reason}"
+    _walk(store, model, planned, actor, why, {"rollout_id": done.id})
+    if move_alias is not None:
+        move_alias(CHAMPION, version, actor, why, {"rollout_id": done.id})
+    return done
+
+
 def _change(store: EventStore, model: str, move: Move, actor: str, reason: str, evidence: Mapping[str, Any] | None,
             expected: Rollout | None, **changes: Any) -> Rollout:
     seen = _check(store, model, move, actor, reason, expected)
@@ -406,7 +443,7 @@ def set_weights(store: EventStore, model: str, weights: Mapping[str, float], *, 
 
 def advance(store: EventStore, model: str, *, actor: str, reason: str, evidence: Mapping[str, Any] | None = None,
             expected: Rollout | None = None) -> Rollout:
-    """Move a canary to its next step; a new analysis run starts."""
+    """Move a canary to its next step, or switch a blue/green rollout's traffic to green; a new analysis run starts."""
     seen = _check(store, model, Move.ADVANCE, actor, reason, expected)
     stage = seen.stage + 1
     share = seen.steps[stage] / 100

@@ -24,13 +24,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, create_model
 
+from loopwise import rollout
 from loopwise.backends import Backends
+from loopwise.rollout import ArmShare, Route, Router, Traffic
 from loopwise.serving import metrics
 from loopwise.serving.auth import Authenticator, Identity, for_predictions, require
 from loopwise.serving.models import (
     Batcher,
     LoadedVersion,
-    ModelNotReady,
     feature_statuses,
     join_keys_of,
     load_version,
@@ -40,7 +41,8 @@ from loopwise.serving.models import (
 from loopwise.usecase import ModelSpec
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 1.0  # how soon every worker sees a recorded deployment
+POLL_SECONDS = 1.0  # how soon every worker follows a change of a traffic split
+ALIAS_POLL_SECONDS = 10.0  # how often a model with no rollout re-reads its MLflow aliases
 Caller = Annotated[Identity, for_predictions()]  # anyone, or a viewer when serving.auth.require_key_for_predictions
 Operator = Annotated[Identity, require("operator")]
 
@@ -61,49 +63,92 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class ManualAction(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="why: recorded in the audit trail with who")
+
+
 class ModelMetadata(BaseModel):
     name: str
     ready: bool
     versions: list[dict[str, Any]]
     traffic: dict[str, float] = Field(description="share of requests per arm")
+    strategy: str | None = Field(None, description="the running rollout's strategy (canary, bluegreen, shadow, ab)")
+    rollout_id: str | None = None
     inputs: list[str]
     feature_service: str
 
 
 class Service:
-    """The state one worker process serves from: loaded versions, batchers, the prediction log."""
+    """The state one worker process serves from: loaded versions, each model's router, the prediction log.
+
+    Which versions answer is the model's traffic split in the central state store (its rollout); a model that
+    never had one answers with its `champion` alias (or `challenger` where no champion exists yet). Every
+    version a split names is loaded and warmed before the split is used; the versions of the split before stay
+    loaded, so a rollback takes effect at once.
+    """
 
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
         self.settings = backends.settings
         self.specs = {spec.name: spec for spec in backends.use_case.models}
-        self.loaded: dict[str, LoadedVersion] = {}
-        self.batchers: dict[str, Batcher] = {}
+        self.versions: dict[tuple[str, str], LoadedVersion] = {}
+        self.batchers: dict[tuple[str, str], Batcher] = {}
+        self.routers: dict[str, Router] = {}
+        self.join_keys: dict[str, list[str]] = {}
         self.errors: dict[str, str] = {}
         self.store: Any = None
         self.events = backends.events()
         self.predlog: Any = None
+        self._alias_checked: dict[str, float] = {}
 
-    def load(self, name: str) -> None:
-        """Load (or reload) the version the state store says serves `name`; keep the old one on failure."""
-        spec = self.specs[name]
+    def split(self, name: str) -> Traffic:
+        """The model's split now: its rollout's, else its alias (checked every ALIAS_POLL_SECONDS)."""
+        split = rollout.traffic(self.events, name)
+        if split:
+            return split
+        router = self.routers.get(name)
+        if router is not None and router.strategy is None and \
+                time.monotonic() - self._alias_checked.get(name, 0.0) < ALIAS_POLL_SECONDS:
+            return router.traffic
+        self._alias_checked[name] = time.monotonic()
+        version, alias = resolve_version(self.settings.tracking_uri, self.specs[name])
+        return Traffic({alias: ArmShare(version, 1.0)})
+
+    def sync(self, name: str) -> None:
+        """Follow the model's split: load what it names, then route by it; keep the old routing on failure."""
         try:
-            version, arm = resolve_version(self.settings.tracking_uri, self.events, spec)
-            current = self.loaded.get(name)
-            if current and current.version == version and current.arm == arm:
+            split = self.split(name)
+            router = self.routers.get(name)
+            if router is not None and dict(router.traffic) == dict(split) and \
+                    (router.traffic.rollout_id, router.traffic.revision) == (split.rollout_id, split.revision):
                 return
-            loaded = load_version(self.settings.tracking_uri, spec, version, arm,
-                                  join_keys_of(self.store, spec.feature_service))
+            if name not in self.join_keys:
+                self.join_keys[name] = join_keys_of(self.store, self.specs[name].feature_service)
+            for arm, share in split.items():
+                self._load(name, share.version, arm)
+            new = Router(split)
         except Exception as exc:  # noqa: BLE001 - a model that cannot load is reported by /readyz, not fatal
             self.errors[name] = str(exc)
             log.warning("model %s not loaded: %s", name, exc)
             return
-        self.loaded[name] = loaded
-        serving = self.settings.serving
-        self.batchers[name] = Batcher(loaded.score, serving.max_batch if serving.micro_batching else 1,
-                                      serving.batch_wait_ms)
+        old = self.routers.get(name)
+        self.routers[name] = new
         self.errors.pop(name, None)
-        log.info("serving %s version %s (%s)", name, loaded.version, loaded.arm)
+        keep = {v for v in new.versions} | (set(old.versions) if old else set())
+        for key in [k for k in self.versions if k[0] == name and k[1] not in keep]:
+            self.versions.pop(key)
+            self.batchers.pop(key, None)
+        log.info("serving %s: %s", name, ", ".join(f"{a} v{s.version} {s.weight:.0%}" for a, s in split.items()))
+
+    def _load(self, name: str, version: str, arm: str) -> LoadedVersion:
+        key = (name, version)
+        if key not in self.versions:
+            loaded = load_version(self.settings.tracking_uri, self.specs[name], version, arm, self.join_keys[name])
+            serving = self.settings.serving
+            self.batchers[key] = Batcher(loaded.score, serving.max_batch if serving.micro_batching else 1,
+                                         serving.batch_wait_ms)
+            self.versions[key] = loaded
+        return self.versions[key]
 
     def startup(self) -> None:
         from loopwise.features.store import ensure_applied
@@ -111,7 +156,7 @@ class Service:
         self.store = self.backends.feature_store()
         ensure_applied(self.store, self.backends.use_case.feature_repo, self.settings.lake_uri)
         for name in self.specs:
-            self.load(name)
+            self.sync(name)
         self.predlog = open_prediction_log(self.backends)
 
     def online_store_answers(self) -> str | None:
@@ -130,7 +175,7 @@ def open_prediction_log(backends: Backends) -> Any:
     directory = settings.serving.log_dir or str(settings.paths.predlog)
     predlog = PredictionLog(directory=Path(directory), lake_table=backends.lake().table("predictions"),
                             group_commit_ms=settings.serving.group_commit_ms)
-    predlog.start_flusher(5.0)  # recovers first: what an earlier process left lands in Delta
+    predlog.start_flusher(settings.serving.flush_interval_seconds)  # recovers first: an earlier process's records land
     return predlog
 
 
@@ -180,13 +225,14 @@ def create_app(backends: Backends) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], summary="Ready when every model is loaded and warmed and the online store answers")
     async def readyz() -> JSONResponse:
-        problems = {name: service.errors.get(name, "loading") for name in service.specs if name not in service.loaded}
+        problems = {name: service.errors.get(name, "loading") for name in service.specs if name not in service.routers}
         store_problem = service.online_store_answers() if service.store is not None else "starting"
         if store_problem:
             problems["online store"] = store_problem
         if problems:
             return JSONResponse({"ready": False, "problems": problems}, status_code=503)
-        return JSONResponse({"ready": True, "models": {n: v.version for n, v in service.loaded.items()}})
+        return JSONResponse({"ready": True, "models": {n: {a: s.version for a, s in r.traffic.items()}
+                                                       for n, r in service.routers.items()}})
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
@@ -201,22 +247,51 @@ def create_app(backends: Backends) -> FastAPI:
              summary="A model's metadata: versions loaded and the traffic split")
     async def metadata(name: str) -> ModelMetadata:
         spec = _spec(service, name)
-        loaded = service.loaded.get(name)
-        versions = [] if loaded is None else [{"version": loaded.version, "arm": loaded.arm,
-                                               "loaded_at": datetime.fromtimestamp(loaded.loaded_at, UTC).isoformat()}]
-        return ModelMetadata(name=name, ready=loaded is not None, versions=versions,
-                             traffic={} if loaded is None else {loaded.arm: 1.0}, inputs=spec.inputs,
-                             feature_service=spec.feature_service)
+        router = service.routers.get(name)
+        split = router.traffic if router else Traffic()
+        versions = [{"version": v.version, "arm": next((a for a, s in split.items() if s.version == v.version), None),
+                     "loaded_at": datetime.fromtimestamp(v.loaded_at, UTC).isoformat()}
+                    for (model, _), v in service.versions.items() if model == name]
+        return ModelMetadata(name=name, ready=router is not None, versions=versions,
+                             traffic={arm: share.weight for arm, share in split.items()},
+                             strategy=split.strategy.value if split.strategy else None, rollout_id=split.rollout_id,
+                             inputs=spec.inputs, feature_service=spec.feature_service)
 
     @app.post("/v1/models/{name}:reload", tags=["admin"], response_model=ModelMetadata,
-              summary="Load the version the state store names for this model now (operator role)")
+              summary="Follow the traffic split the state store names for this model now (operator role)")
     async def reload(name: str, caller: Operator) -> ModelMetadata:
         _spec(service, name)
-        await asyncio.to_thread(service.load, name)
+        service._alias_checked.pop(name, None)
+        await asyncio.to_thread(service.sync, name)
         if name in service.errors:
             raise HTTPException(409, f"{name} could not be loaded: {service.errors[name]}")
         log.info("%s reloaded by %s", name, caller.subject)
         return await metadata(name)
+
+    @app.get("/v1/models/{name}/rollout", tags=["rollout"],
+             summary="The model's rollout: state, arms, allowed moves and its latest decisions with their evidence")
+    async def rollout_status(name: str, caller: Caller) -> dict[str, Any]:
+        _spec(service, name)
+        from loopwise.rollout.policy import describe
+
+        return await asyncio.to_thread(describe, service.events, name)
+
+    @app.post("/v1/models/{name}/rollout:{action}", tags=["rollout"],
+              summary="Promote, roll back, pause, resume, abort or advance the rollout by hand (operator role)")
+    async def rollout_action(name: str, action: str, body: ManualAction, caller: Operator) -> dict[str, Any]:
+        _spec(service, name)
+        from loopwise.rollout import IllegalMove, RolloutConflict
+        from loopwise.rollout.policy import MANUAL, act, describe
+
+        if action not in MANUAL:
+            raise HTTPException(404, f"no rollout action {action!r}; actions: {', '.join(MANUAL)}")
+        try:
+            await asyncio.to_thread(act, service.events, service.backends.registry(name, service.events), name, action,
+                                    actor=caller.subject, reason=body.reason)
+        except (IllegalMove, RolloutConflict) as exc:
+            raise HTTPException(409, str(exc)) from None
+        await asyncio.to_thread(service.sync, name)
+        return await asyncio.to_thread(describe, service.events, name)
 
     for spec in service.specs.values():
         _add_predict_route(app, service, spec)
@@ -247,22 +322,48 @@ def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
     body_model = request_model(spec, service.settings.serving.max_batch)
 
     async def predict(body: body_model, caller: Caller) -> PredictResponse:  # type: ignore[valid-type]
-        loaded = service.loaded.get(spec.name)
-        if loaded is None:
+        started, batch = time.perf_counter(), uuid.uuid4().hex
+        router = service.routers.get(spec.name)
+        if router is None:
             metrics.ERRORS.labels(cause="model_not_ready").inc()
             raise HTTPException(503, service.errors.get(spec.name) or f"{spec.name} is still loading")
         instances = [i.model_dump() for i in body.instances]  # type: ignore[attr-defined]
-        rows = [{k: inst[k] for k in loaded.join_keys} for inst in instances]
+        join_keys = service.join_keys[spec.name]
+        rows = [{k: inst[k] for k in join_keys} for inst in instances]
+        routes = [router.route(str(inst[join_keys[0]]) if router.sticky else None) for inst in instances]
         stale_after = timedelta(hours=service.settings.features.stale_after_hours)
         from loopwise.features.retrieval import online_features
 
         features = await asyncio.to_thread(online_features, service.store, spec.feature_service, rows, stale_after)
-        try:
-            scores = await service.batchers[spec.name].submit(loaded.frame(instances, features))
-        except Exception as exc:  # noqa: BLE001 - the model failed: a 500 that names the cause, counted
+        served = _groups([(r.arm, r.version) for r in routes])
+        outcomes = await asyncio.gather(*(_score(service, spec.name, version, instances, features, idx)
+                                          for (_, version), idx in served.items()), return_exceptions=True)
+        shadows = _groups([s for r in routes for s in r.shadow], [i for i, r in enumerate(routes) for _ in r.shadow])
+        if shadows:
+            task = asyncio.get_running_loop().create_task(
+                _log_shadows(service, spec, shadows, instances, features, started, batch))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        scores: list[float] = [float("nan")] * len(instances)
+        latency: list[float] = [0.0] * len(instances)
+        failed: list[tuple[str, str, BaseException]] = []
+        for ((arm, version), idx), outcome in zip(served.items(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append((arm, version, outcome))
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            for i, score in zip(idx, outcome, strict=True):
+                scores[i], latency[i] = float(score), elapsed
+        if failed:
+            # The failing arms' instances are logged as errors (a rollout's error-rate evidence); the request fails.
+            elapsed = (time.perf_counter() - started) * 1000
+            bad = [(i, arm, version) for (arm, version, _) in failed for i in served[(arm, version)]]
+            await _log(service, spec, [(i, arm, version, float("nan"), elapsed, "error", True) for i, arm, version in bad],
+                       instances, features, batch)
             metrics.ERRORS.labels(cause="model_error").inc()
-            raise HTTPException(500, f"{spec.name} version {loaded.version} failed to score: {exc}") from exc
-        return await _answer(service, loaded, instances, features, scores)
+            arm, version, exc = failed[0]
+            raise HTTPException(500, f"{spec.name} version {version} ({arm}) failed to score: {exc}") from exc
+        return await _answer(service, spec, routes, instances, features, scores, latency, batch)
 
     # The body's schema is built per model at run time: give FastAPI the class, not the postponed annotation.
     predict.__annotations__.update(body=body_model, caller=Caller, return_=None)
@@ -271,39 +372,83 @@ def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
              summary=f"Score {spec.name}", description=spec.description, name=f"predict_{spec.slug}")(predict)
 
 
-async def _answer(service: Service, loaded: LoadedVersion, instances: list[dict[str, Any]], features: list[Any],
-                  scores: Any) -> PredictResponse:
+_background: set[asyncio.Task[None]] = set()  # shadow scorings in flight (a reference keeps each alive)
+
+
+def _groups(pairs: list[tuple[str, str]], positions: list[int] | None = None) -> dict[tuple[str, str], list[int]]:
+    """Instance positions per (arm, version), in first-seen order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for n, pair in enumerate(pairs):
+        groups.setdefault(pair, []).append(n if positions is None else positions[n])
+    return groups
+
+
+async def _score(service: Service, model: str, version: str, instances: list[dict[str, Any]], features: list[Any],
+                 idx: list[int]) -> Any:
+    loaded = service.versions[(model, version)]
+    frame = loaded.frame([instances[i] for i in idx], [features[i] for i in idx])
+    return await service.batchers[(model, version)].submit(frame)
+
+
+async def _log_shadows(service: Service, spec: ModelSpec, shadows: dict[tuple[str, str], list[int]],
+                       instances: list[dict[str, Any]], features: list[Any], started: float, batch: str) -> None:
+    """Score the shadow arms on the same requests and log their scores (never served); failures are logged."""
+    records = []
+    for (arm, version), idx in shadows.items():
+        try:
+            scores = await _score(service, spec.name, version, instances, features, idx)
+            elapsed = (time.perf_counter() - started) * 1000
+            records += [(i, arm, version, float(s), elapsed, "ok", False) for i, s in zip(idx, scores, strict=True)]
+        except Exception:  # noqa: BLE001 - a failing shadow never touches the answer; it is evidence
+            elapsed = (time.perf_counter() - started) * 1000
+            records += [(i, arm, version, float("nan"), elapsed, "error", False) for i in idx]
+    try:
+        await _log(service, spec, records, instances, features, batch)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("shadow scores of %s not logged: %s", spec.name, exc)
+
+
+async def _log(service: Service, spec: ModelSpec, rows: list[tuple[int, str, str, float, float, str, bool]],
+               instances: list[dict[str, Any]], features: list[Any], batch: str) -> list[str]:
+    """Append (position, arm, version, score, latency_ms, status, served) rows; durable when it returns.
+
+    A request's id is `<batch>-<position>`; a shadow arm's score of it is logged as `<id>-shadow-<arm>`.
+    """
     from loopwise.serving.predlog import Prediction as LoggedPrediction
 
     now = datetime.now(UTC)
-    batch = uuid.uuid4().hex
-    answers, records = [], []
-    for i, (instance, feats, score) in enumerate(zip(instances, features, scores, strict=True)):
-        request_id = f"{batch}-{i}"
+    records = [LoggedPrediction(
+        request_id=f"{batch}-{i}" + ("" if served else f"-shadow-{arm}"), at=now, model=spec.name, version=version, arm=arm,
+        features=json.dumps({k: v.value for k, v in features[i].values.items()}, default=str),
+        inputs=json.dumps(instances[i], default=str), score=score, latency_ms=latency, status=status, served=served)
+        for i, arm, version, score, latency, status, served in rows]
+    await service.predlog.append_async(records)
+    return [r.request_id for r in records]
+
+
+async def _answer(service: Service, spec: ModelSpec, routes: list[Route], instances: list[dict[str, Any]],
+                  features: list[Any], scores: list[float], latency: list[float], batch: str) -> PredictResponse:
+    rows = [(i, r.arm, r.version, scores[i], latency[i], "ok", True) for i, r in enumerate(routes)]
+    request_ids = await _log(service, spec, rows, instances, features, batch)  # durable before the response leaves
+    answers = []
+    for i, (route, feats) in enumerate(zip(routes, features, strict=True)):
         statuses = feature_statuses(feats)
-        answers.append(Prediction(score=float(score), model=loaded.spec.name, version=loaded.version, arm=loaded.arm,
-                                  request_id=request_id, feature_statuses=statuses, missing_features=missing_count(feats)))
-        records.append(LoggedPrediction(
-            request_id=request_id, at=now, model=loaded.spec.name, version=loaded.version, arm=loaded.arm,
-            features=json.dumps({k: v.value for k, v in feats.values.items()}, default=str),
-            inputs=json.dumps(instance, default=str), score=float(score)))
-        metrics.PREDICTIONS.labels(model=loaded.spec.name, version=loaded.version, arm=loaded.arm).inc()
-        metrics.SCORES.labels(model=loaded.spec.name).observe(float(score))
-        if answers[-1].missing_features:
-            metrics.MISSING_FEATURES.labels(model=loaded.spec.name).inc(answers[-1].missing_features)
-    await service.predlog.append_async(records)  # durable before the response leaves
+        missing = missing_count(feats)
+        answers.append(Prediction(score=scores[i], model=spec.name, version=route.version, arm=route.arm,
+                                  request_id=request_ids[i], feature_statuses=statuses, missing_features=missing))
+        metrics.PREDICTIONS.labels(model=spec.name, version=route.version, arm=route.arm).inc()
+        metrics.SCORES.labels(model=spec.name).observe(scores[i])
+        if missing:
+            metrics.MISSING_FEATURES.labels(model=spec.name).inc(missing)
     return PredictResponse(predictions=answers)
 
 
 async def _poll_deployments(service: Service) -> None:
-    """Follow the state store: a recorded deployment is loaded by every worker within a second or so."""
+    """Follow the state store: every worker routes by a changed split within about a second."""
     while True:
         await asyncio.sleep(POLL_SECONDS)
         for name in service.specs:
-            try:
-                await asyncio.to_thread(service.load, name)
-            except ModelNotReady:
-                continue
+            await asyncio.to_thread(service.sync, name)
 
 
 def from_environment() -> FastAPI:

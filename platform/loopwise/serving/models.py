@@ -1,10 +1,6 @@
-"""The models a service answers with: each declared model's deployed version, loaded from MLflow and warmed,
-scored in micro-batches on its online features and request-time inputs.
-
-Which version serves is read from the central state store (the latest `endpoint.deployed` event of the
-model), so every worker of every replica agrees; with none recorded, the `champion` alias serves, or
-`challenger` where no champion exists yet.
-"""
+"""The model versions a service answers with, loaded from MLflow and warmed, scored in micro-batches on their
+online features and request-time inputs. Which versions answer, and with what share, is the model's traffic
+split in the central state store (see `loopwise.rollout`)."""
 
 from __future__ import annotations
 
@@ -18,14 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopwise.events.store import Event, EventStore
 from loopwise.features.retrieval import EntityFeatures, Status
 from loopwise.registry import CHALLENGER, CHAMPION
 from loopwise.training.data import InputLayout
 from loopwise.usecase import ModelSpec
 
 log = logging.getLogger(__name__)
-DEPLOYED = "endpoint.deployed"
 
 
 class ModelNotReady(RuntimeError):
@@ -52,22 +46,6 @@ class LoadedVersion:
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.model.predict(frame), dtype=float).reshape(-1)
-
-
-def deployed_version(store: EventStore, model: str) -> tuple[str, str] | None:
-    """(version, arm) of the latest deployment recorded for a model, or None."""
-    records = store.read(kind=DEPLOYED, subject=f"endpoint:{model}")
-    if not records:
-        return None
-    payload = records[-1].payload
-    return str(payload["version"]), str(payload.get("arm", "champion"))
-
-
-def record_deployment(store: EventStore, model: str, version: str, arm: str, actor: str, reason: str,
-                      evidence: dict[str, Any] | None = None) -> None:
-    """Make `version` the one every service replica answers `model` with (they poll the store)."""
-    store.append(Event(DEPLOYED, f"endpoint:{model}", {"model": model, "version": version, "arm": arm,
-                                                        "evidence": evidence or {}}, actor, reason))
 
 
 def load_version(tracking_uri: str, spec: ModelSpec, version: str, arm: str, join_keys: list[str]) -> LoadedVersion:
@@ -103,14 +81,11 @@ def join_keys_of(store: Any, service: str) -> list[str]:
     return keys
 
 
-def resolve_version(tracking_uri: str, store: EventStore, spec: ModelSpec) -> tuple[str, str]:
-    """The version and arm to serve: the recorded deployment, else champion, else challenger."""
+def resolve_version(tracking_uri: str, spec: ModelSpec) -> tuple[str, str]:
+    """The version and arm a model with no rollout serves: its champion, else its challenger."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    recorded = deployed_version(store, spec.name)
-    if recorded:
-        return recorded
     client = MlflowClient(tracking_uri, tracking_uri)
     for alias in (CHAMPION, CHALLENGER):
         try:

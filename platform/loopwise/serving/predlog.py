@@ -60,8 +60,14 @@ SCHEMA = pa.schema([
     ("features", pa.string()),
     ("inputs", pa.string()),
     ("score", pa.float64()),
+    ("latency_ms", pa.float64()),
+    ("status", pa.string()),
+    ("served", pa.bool_()),
     ("partition_date", pa.date32()),
 ])
+_FIELDS = len(SCHEMA) - 1  # a log line holds every column but the derived partition_date
+_OLD_FIELDS = 8  # lines written before latency, status and served were logged
+_OLD_DEFAULTS = [None, "ok", True]
 
 
 class PredictionLogError(RuntimeError):
@@ -79,7 +85,10 @@ class Prediction:
     arm: str
     features: str  # JSON text of the feature values used
     inputs: str  # JSON text of the request-time inputs
-    score: float
+    score: float  # NaN when the model failed (status "error")
+    latency_ms: float = 0.0  # from the request's arrival to this arm's score
+    status: str = "ok"  # ok, or error: the arm failed to score (the evidence of a rollout's error rate)
+    served: bool = True  # False for a shadow arm's score, which the client never saw
 
     @property
     def partition_date(self) -> date:
@@ -97,7 +106,8 @@ class Prediction:
             raise TypeError(f"prediction {self.request_id}: `{name}` must be JSON text, got "
                             f"{type(getattr(self, name)).__name__} (pass json.dumps(...))")
         body = _encode([str(self.request_id), (self.at - _EPOCH) // _US, str(self.model), str(self.version),
-                        str(self.arm), self.features, self.inputs, float(self.score)]).encode()
+                        str(self.arm), self.features, self.inputs, float(self.score), float(self.latency_ms),
+                        str(self.status), bool(self.served)]).encode()
         return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -148,18 +158,21 @@ def _parse(line: bytes) -> list | None:
         row = json.loads(body)
     except ValueError:
         return None
-    return row if isinstance(row, list) and len(row) == 8 else None
+    if isinstance(row, list) and len(row) == _OLD_FIELDS:
+        return [*row, *_OLD_DEFAULTS]
+    return row if isinstance(row, list) and len(row) == _FIELDS else None
 
 
 def to_arrow(rows: list[list]) -> pa.Table:
     """Parsed log rows as a table of `SCHEMA`, `partition_date` the UTC date of `at`."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    columns = list(zip(*rows, strict=True)) if rows else [()] * _FIELDS
     at_us = pa.array(columns[1], pa.int64())
     days = pa.array([us // _US_PER_DAY for us in columns[1]], pa.int32())
     return pa.Table.from_arrays([
         pa.array(columns[0], pa.string()), at_us.cast(pa.timestamp("us", tz="UTC")),
         pa.array(columns[2], pa.string()), pa.array(columns[3], pa.string()), pa.array(columns[4], pa.string()),
         pa.array(columns[5], pa.string()), pa.array(columns[6], pa.string()), pa.array(columns[7], pa.float64()),
+        pa.array(columns[8], pa.float64()), pa.array(columns[9], pa.string()), pa.array(columns[10], pa.bool_()),
         days.cast(pa.date32()),
     ], schema=SCHEMA)
 
@@ -447,6 +460,7 @@ class PredictionLog:
             now = int(time.time() * 1000)
             write_deltalake(
                 self.table.uri, to_arrow(rows), mode="append", partition_by=list(self.table.partition_by),
+                schema_mode="merge",  # a table from before latency, status and served were logged gains them
                 storage_options=self.table.storage_options or None,
                 commit_properties=CommitProperties(
                     custom_metadata={"loopwise.predlog.segments": ",".join(names)},
