@@ -9,7 +9,7 @@ import pandas as pd
 
 
 class Faulty(mlflow.pyfunc.PythonModel):
-    """`raises`: fails on the costlier half of the inputs; `slow`: 400 ms a scoring; `worse`: inverted scores;
+    """`raises`: fails on the costlier half of the inputs; `slow`: 600 ms a scoring; `worse`: inverted scores;
     `same`: the wrapped model unchanged (a good challenger)."""
 
     def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
@@ -22,7 +22,7 @@ class Faulty(mlflow.pyfunc.PythonModel):
         if self.fault == "raises" and (model_input["amount_eur"].fillna(0) > 60).any():
             raise ValueError("challenger bug: cannot score an order over 60 EUR")
         if self.fault == "slow":
-            time.sleep(0.4)
+            time.sleep(0.6)
         if self.fault == "worse":
             return 1.0 - scores
         return scores
