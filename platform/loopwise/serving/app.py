@@ -190,6 +190,7 @@ def create_app(backends: Backends) -> FastAPI:
     """The app for one worker; `loopwise serve` runs it under uvicorn."""
     service = Service(backends)
     settings = backends.settings
+    metrics.install_state_collector(service.events, list(service.specs), metrics.use_case_groups(backends.use_case))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -236,7 +237,7 @@ def create_app(backends: Backends) -> FastAPI:
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
-        body, content_type = metrics.render()
+        body, content_type = await asyncio.to_thread(metrics.render)  # the state gauges read the store
         return PlainTextResponse(body, media_type=content_type)
 
     @app.get("/v1/models", tags=["predict"], summary="The declared models")
