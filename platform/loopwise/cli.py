@@ -194,6 +194,37 @@ def _dagster_layer(module: str):  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def loop(
+    days: Annotated[int, typer.Option(help="normal days to land before the drifted one")] = 3,
+    drift: Annotated[str, typer.Option(help="how the drifted day differs (see `loopwise land --help`)")] =
+        "amounts=1.8",
+    traffic: Annotated[int, typer.Option(help="predictions replayed per model for the normal days")] = 400,
+) -> None:
+    """The closed loop with Dagster's own daemon and the service: land normal days (automation carries them to a
+    released champion), replay traffic, land a drifted day and replay it; drift is detected, the model retrains and
+    is canaried, then promoted or rolled back. Prints each step as it happens, then the serving model's lineage."""
+    backends = _backends()
+    settings = backends.settings
+    try:
+        loop_module = _dagster_layer("jobs.loop")
+    except FileNotFoundError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    home = dagster_home(settings)
+    os.environ["DAGSTER_HOME"] = str(home)
+    for name, value in {"MLFLOW_LOGGING_LEVEL": "ERROR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RUST_LOG": "warn"}.items():
+        os.environ.setdefault(name, value)
+    typer.secho(f"profile {settings.profile}, use case {backends.use_case.name}, data under {settings.paths.root}",
+                bold=True)
+    try:
+        loop_module.run_loop(settings, typer.echo, days, drift, traffic)
+    except loop_module.LoopFailed as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def demo(
     days: Annotated[int, typer.Option(help="how many consecutive days to land, from the profile's first demo date")] = 0,
 ) -> None:

@@ -123,6 +123,11 @@ class ServingSettings(_Section):
     micro_batching: bool = Field(True, description="score queued requests together (off: one request per scoring)")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits for more requests while the "
                                                         "model is busy")
+    runtime: str = Field("onnx-int8", pattern="^(torch|onnx|onnx-int8)$",
+                         description="what a text encoder scores with: torch (fp32, as trained), onnx (ONNX Runtime "
+                                     "fp32, the same scores) or onnx-int8 (dynamic int8 quantization; its agreement "
+                                     "with fp32 is in benchmarks/RESULTS.md); exported once per set of weights "
+                                     "under <data_dir>/runtime")
     group_commit_ms: float = Field(2.0, ge=0, description="the prediction log's group-commit window")
     flush_interval_seconds: float = Field(5.0, gt=0, description="how often logged predictions move into the Delta "
                                                                  "table that drift and rollout analysis read")
@@ -167,6 +172,29 @@ class RolloutSettings(_Section):
                              rules=self.rules if own.rules is None else own.rules, ab=own.ab)
 
 
+class MonitoringSettings(_Section):
+    drift: dict[str, Any] = Field(default_factory=dict, description=(
+        "drift tests and thresholds (loopwise.monitoring.DriftConfig: drift_share, per-column `columns: {name: {test, "
+        "threshold}}`, per-kind defaults); empty: Evidently's defaults"))
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per model, its own drift settings")
+    reference: str = Field("served", pattern="^(served|training)$", description=(
+        "what drift is measured against: served (the champion's first `baseline_rows` answered predictions: the "
+        "production baseline, free of training/serving skew) or training (its training set's holdout rows)"))
+    baseline_rows: int = Field(500, gt=0, description="answered predictions a served baseline is profiled from")
+    check_interval_seconds: int = Field(30, gt=0, description="how often new predictions are checked for drift")
+    min_rows: int = Field(100, gt=0, description="answered predictions a day needs before its drift is checked")
+    degradation_tolerance: float = Field(0.05, ge=0, description="AUC below the version's own evaluation that counts "
+                                                                 "as degraded")
+    min_labelled: int = Field(50, gt=0, description="labelled predictions a day needs before degradation is judged")
+    retrain_cooldown_seconds: float = Field(900.0, ge=0, description="after a retrain, nothing triggers another this long")
+    stale_after_days: int = Field(7, gt=0, description="newly labelled days since the training set was built that "
+                                                       "make it stale")
+    max_age_days: float = Field(30.0, gt=0, description="a training set older than this is stale")
+
+    def drift_config(self, model: str) -> dict[str, Any]:
+        return {**self.drift, **self.models.get(model, {})}
+
+
 class OrchestrationSettings(_Section):
     executor: str = Field("in_process", pattern="^(in_process|k8s)$",
                           description="in_process (a run in one process) or k8s (a pod per step, dagster-k8s)")
@@ -203,6 +231,7 @@ class Settings(_Section):
     orchestration: OrchestrationSettings = OrchestrationSettings()
     serving: ServingSettings = ServingSettings()
     rollout: RolloutSettings = RolloutSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     demo: DemoSettings = DemoSettings()
 
     @cached_property
@@ -242,6 +271,7 @@ class DataPaths:
         self.mlflow = root / "mlflow"
         self.events = root / "events"
         self.predlog = root / "predlog"
+        self.monitoring = root / "monitoring"
 
 
 def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:

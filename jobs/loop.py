@@ -1,0 +1,198 @@
+"""The closed loop as `loopwise loop` runs it. Dagster's own daemon and webserver (`dg dev`) and the serving
+service run as a team would run them; this only does what the world outside does (land files, send traffic) and
+reports, from the instance and the audit trail, what the platform does by itself:
+
+1. normal days land; automation carries them to silver, features and the online store, and the retraining sensor
+   trains, gates and releases each model's first champion;
+2. traffic is replayed against the service;
+3. drifted days land and their traffic is replayed;
+4. the prediction monitor finds the drift, the retraining sensor retrains, the new version is canaried;
+5. the canary analysis promotes it, or rolls it back if it is worse; the serving model's lineage is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from loopwise.backends import Backends
+from loopwise.config import Settings
+from loopwise.events.store import EventStore
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# What the loop reports as it happens, from the audit trail (kind prefix -> how to say it).
+REPORTED = ("rollout.", "drift.checked", "performance.checked", "retrain.requested", "registry.gate", "asset.materialized")
+Say = Callable[[str], None]
+
+
+class LoopFailed(RuntimeError):
+    """A stage of the loop did not happen in time; the message says which and where to look."""
+
+
+@contextmanager
+def process(argv: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A child process (its own session, output to `log`), stopped with SIGTERM (then SIGKILL) on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def http(url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class Watch:
+    """Follows the audit trail and prints what the platform did, once per event."""
+
+    def __init__(self, store: EventStore, say: Say, started: float) -> None:
+        self.store, self.say, self.started = store, say, started
+        self.seq = store.read()[-1].seq if store.read() else 0
+
+    def poll(self) -> list[Any]:
+        records = self.store.read(after=self.seq)
+        if records:
+            self.seq = records[-1].seq
+        stamp = f"[{time.monotonic() - self.started:5.0f} s]"
+        made: dict[str, int] = {}
+        for r in records:
+            if r.kind == "asset.materialized":
+                made[r.subject.removeprefix("asset:")] = made.get(r.subject.removeprefix("asset:"), 0) + 1
+            elif r.kind.startswith(REPORTED):
+                self.say(f"{stamp} {r.kind:<24} {r.subject:<36} {r.reason[:110]}")
+        if made:
+            self.say(f"{stamp} materialized: " + ", ".join(f"{a}" + (f" x{n}" if n > 1 else "") for a, n in made.items()))
+        return records
+
+    def until(self, done: Callable[[], bool], what: str, seconds: float, between: Callable[[], None] | None = None,
+              where: str = "") -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                raise LoopFailed(f"{what} did not happen within {seconds:.0f} s{where}")
+            if between is not None:
+                between()
+            self.poll()
+            time.sleep(1)
+        self.poll()
+
+
+def instances(backends: Backends, days: list[date]) -> dict[str, list[dict[str, Any]]]:
+    """Each model's request instances for `days`, from its labelled rows in silver (what a caller would send)."""
+    from loopwise.features.stages import silver_reader
+    from loopwise.lake.tables import DateRange
+    from loopwise.pipelines.stages import PinnedReads
+    from loopwise.spark.session import connect
+
+    spark = connect(backends.settings.spark.remote)
+    read = silver_reader(PinnedReads(spark), backends.lake())
+    out = {}
+    window = DateRange(min(days), max(days))
+    for spec in backends.use_case.models:
+        fields = list(spec.request.model_fields) if spec.request else [spec.split_key]
+        rows = spec.rows(read).where(f"partition_date >= '{window.start}' AND partition_date <= '{window.end}'")
+        out[spec.name] = [r.asDict() for r in rows.select(*fields).collect()]
+    return out
+
+
+def replay(base: str, batch: dict[str, list[dict[str, Any]]], per_model: int) -> dict[str, int]:
+    """Send up to `per_model` single-instance predictions per model; the count answered per model."""
+    answered = {}
+    for model, rows in batch.items():
+        ok = 0
+        for row in rows[:per_model]:
+            status, _ = http(f"{base}/v1/models/{model}:predict", {"instances": [row]})
+            ok += status == 200
+        answered[model] = ok
+    return answered
+
+
+def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "amounts=1.8",
+             traffic: int = 400) -> None:
+    """The whole loop; raises LoopFailed naming the stage that did not happen."""
+    from loopwise.landing import zone
+    from loopwise.lineage import model_lineage
+    from loopwise.rollout import current
+    from loopwise.rollout.policy import describe
+
+    backends = Backends(settings)
+    use_case, store = backends.use_case, backends.events()
+    start = settings.demo.dates[0]
+    days = [start + timedelta(days=i) for i in range(normal_days)]
+    drifted = [days[-1] + timedelta(days=1)]
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "ERROR"}  # DAGSTER_HOME: set by the caller (`loopwise loop`)
+    logs = settings.paths.root / "logs"
+    began = time.monotonic()
+    watch = Watch(store, say, began)
+    base = f"http://{settings.serving.host}:{settings.serving.port}"
+    with process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", "3000"], logs / "dagster.log", env), \
+            process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env):
+        say(f"Dagster UI (webserver and daemon): http://127.0.0.1:3000   service: {base}   logs: {logs}")
+        for day in days:
+            landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,
+                                   None, settings.demo.bad_row_fraction)
+            say(f"landed {day}: " + ", ".join(f"{f.source} {f.rows} rows" for f in landed))
+        released = lambda: all((r := current(store, m.name)) is not None and r.status.value == "promoted"  # noqa: E731
+                               for m in use_case.models)
+        watch.until(released, "the first champion of every model (landing -> silver -> features -> train -> release)",
+                    900, where=f" (see the runs in the Dagster UI, {logs / 'dagster.log'})")
+        watch.until(lambda: http(f"{base}/readyz")[0] == 200, "the service loading every champion", 120,
+                    where=f" ({logs / 'serve.log'})")
+        normal = instances(backends, days)
+        say(f"replaying traffic of the normal days: {replay(base, normal, traffic)} answered")
+        for day in drifted:
+            landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,
+                                   drift, settings.demo.bad_row_fraction)
+            say(f"landed drifted {day} ({drift}): " + ", ".join(f"{f.source} {f.rows} rows" for f in landed))
+        before = {m.name: current(store, m.name).id for m in use_case.models}
+        online = lambda: all(_partition_done(settings, "online_features", d) for d in drifted)  # noqa: E731
+        watch.until(online, "the drifted days reaching the online store", 600)
+        shifted = instances(backends, drifted)
+        say(f"replaying traffic of the drifted days: {replay(base, shifted, 3 * traffic)} answered")
+        started = lambda: any(current(store, m).id != before[m] for m in before)  # noqa: E731
+        watch.until(started, "drift detected, a retrain, and a rollout of the new version", 900,
+                    between=lambda: replay(base, shifted, 50))
+        model = next(m for m in before if current(store, m).id != before[m])
+        finished = lambda: current(store, model).finished  # noqa: E731
+        watch.until(finished, f"the {model} rollout deciding", 600, between=lambda: replay(base, shifted, 200))
+        rollout = current(store, model)
+        say(f"{model}: rollout {rollout.id} {rollout.status.value}; serving version {rollout.arms[0].version}")
+        say("lineage of the serving model:")
+        for step in model_lineage(settings.tracking_uri, store, f"{model}@champion").steps:
+            say(f"  {step.asset:<34} {step.detail}")
+        for decision in describe(store, model)["decisions"]:
+            say(f"  rollout decision {decision['at'][:19]} {decision['action']}: {decision['reason'][:140]}")
+        say(f"the loop took {time.monotonic() - began:.0f} s")
+
+
+def _partition_done(settings: Settings, asset: str, day: date) -> bool:
+    """Whether `asset` has a materialization of `day`'s partition in the audit trail."""
+    store = Backends(settings).events()
+    return any(r.payload.get("partition") == day.isoformat() for r in store.read(kind="asset.materialized",
+                                                                                 subject=f"asset:{asset}"))

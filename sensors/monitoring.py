@@ -1,0 +1,150 @@
+"""Closing the loop: a day's predictions are checked for drift and accuracy as they arrive, and a model retrains
+when the evidence says so. Sensors, not AutomationConditions: the first watches the prediction log (outside
+Dagster); the second decides on evidence (drift and performance verdicts, the training set's staleness) under a
+cool-down and records each decision, with its evidence and the run it launched, in the audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+from loopwise.config import load_settings
+
+from assets.models import keys
+from assets.monitoring import monitoring_keys
+from assets.usecase import USE_CASE
+from resources import EventStoreResource, LakeResource, MlflowResource
+
+_settings = load_settings()
+_STATUS = dg.DefaultSensorStatus.RUNNING if _settings.automation.on_by_default else dg.DefaultSensorStatus.STOPPED
+CHAIN = ("training_set", "trained_model", "model_evaluation", "registered_model", "deployed_endpoint")
+
+
+def prediction_checks(lake: LakeResource, events: EventStoreResource, mlflow: MlflowResource, cursor: dict[str, int],
+                      now: datetime) -> list[tuple[str, str, int]]:
+    """(model, day, answered) for each model with a champion whose answers today grew by `min_rows` since the
+    last check (the cursor holds the count checked per model and day)."""
+    from loopwise.monitoring.model import day_window
+    from loopwise.registry import CHAMPION
+    from loopwise.rollout.evidence import read_predictions
+
+    settings = load_settings().monitoring
+    day = now.date()
+    since, until = day_window(day)
+    due = []
+    for spec in USE_CASE.models:
+        if mlflow.registry(spec.name, events.store()).alias(CHAMPION) is None:
+            continue
+        rows = read_predictions(lake.lake(), spec.name, since, until)
+        answered = int((rows["served"].fillna(True) & (rows["status"].fillna("ok") == "ok")).sum()) if len(rows) else 0
+        if answered - cursor.get(f"{spec.name}:{day}", 0) >= settings.min_rows:
+            due.append((spec.name, day.isoformat(), answered))
+    return due
+
+
+@dg.sensor(minimum_interval_seconds=_settings.monitoring.check_interval_seconds, default_status=_STATUS,
+           asset_selection=[key for spec in USE_CASE.models for key in
+                            (monitoring_keys(spec)["drift_report"], monitoring_keys(spec)["model_performance"])],
+           description="Checks each model's answered predictions of the day for drift and accuracy once enough "
+                       "new ones arrived (monitoring.min_rows).")
+def prediction_monitor(context: dg.SensorEvaluationContext, lake: LakeResource, events: EventStoreResource,
+                       mlflow: MlflowResource) -> dg.SensorResult | dg.SkipReason:
+    import json
+
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    due = prediction_checks(lake, events, mlflow, cursor, datetime.now(UTC))
+    if not due:
+        return dg.SkipReason("no model answered enough new predictions since its last check")
+    requests = []
+    for model, day, answered in due:
+        spec = USE_CASE.model(model)
+        m = monitoring_keys(spec)
+        cursor[f"{model}:{day}"] = answered
+        requests.append(dg.RunRequest(run_key=f"monitor:{model}:{day}:{answered}", partition_key=day,
+                                      asset_selection=[m["drift_report"], m["model_performance"]],
+                                      tags={"loopwise/monitoring": model}))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
+
+
+def new_labelled_days(lake: LakeResource, spec_name: str) -> int:
+    """Days of outcomes landed in silver after the latest day the model's training set holds."""
+    from loopwise.pipelines.stages import silver_table
+
+    spec = USE_CASE.model(spec_name)
+    if spec.outcomes is None:
+        return 0
+    training = lake.lake().table(spec.training_table).delta()
+    outcomes = silver_table(lake.lake(), spec.outcomes.source).delta()
+    if training is None or outcomes is None:
+        return 0
+    built = max((p["partition_date"] for p in training.partitions()), default="")
+    return sum(1 for p in outcomes.partitions() if str(p["partition_date"]) > str(built))
+
+
+def ready_for_first_training(lake: LakeResource, spec_name: str) -> str | None:
+    """Why a never-trained model can train now (its outcomes landed and every feature table covers their days),
+    or None."""
+    from loopwise.pipelines.stages import silver_table
+
+    spec = USE_CASE.model(spec_name)
+    if spec.outcomes is None:
+        return None
+    outcomes = silver_table(lake.lake(), spec.outcomes.source).delta()
+    if outcomes is None:
+        return None
+    last = max((str(p["partition_date"]) for p in outcomes.partitions()), default="")
+    for table in USE_CASE.feature_tables:
+        delta = lake.lake().table(table.name).delta()
+        if delta is None or max((str(p["partition_date"]) for p in delta.partitions()), default="") < last:
+            return None
+    return f"outcomes and features landed through {last}; the model was never trained"
+
+
+def retrain_requests(context: dg.SensorEvaluationContext, lake: LakeResource, events: EventStoreResource,
+                     now: datetime) -> list[dg.RunRequest]:
+    """A run of the model's chain for each model the evidence says should retrain, each recorded with why."""
+    from loopwise.monitoring.model import subject
+    from loopwise.monitoring.retrain import (
+        RETRAIN_REQUESTED,
+        RetrainDecision,
+        RetrainPolicy,
+        decide_retrain,
+        record_retrain,
+    )
+
+    settings = load_settings().monitoring
+    policy = RetrainPolicy(settings.retrain_cooldown_seconds, settings.stale_after_days, settings.max_age_days)
+    store, requests = events.store(), []
+    for spec in USE_CASE.models:
+        k = keys(spec)
+        built = context.instance.get_latest_materialization_event(k["training_set"])
+        if built is None:
+            why = ready_for_first_training(lake, spec.name)
+            decision = RetrainDecision(spec.name, "missing", why, {}) if why and not store.read(
+                kind=RETRAIN_REQUESTED, subject=subject(spec.name)) else None
+        else:
+            decision = decide_retrain(store, spec.name, policy, now=now,
+                                      new_labelled_days=new_labelled_days(lake, spec.name),
+                                      trained_at=datetime.fromtimestamp(built.timestamp, UTC))
+        if decision is None:
+            continue
+        run_key = f"retrain:{spec.name}:{int(now.timestamp())}"
+        record = record_retrain(store, decision, run_key)
+        requests.append(dg.RunRequest(run_key=run_key, asset_selection=[k[step] for step in CHAIN],
+                                      tags={"loopwise/retrain": decision.cause, "loopwise/model": spec.name,
+                                            "loopwise/decision_seq": str(record.seq)}))
+        context.log.info(f"{spec.name}: retrain on {decision.cause}: {decision.reason}")
+    return requests
+
+
+@dg.sensor(minimum_interval_seconds=_settings.monitoring.check_interval_seconds, default_status=_STATUS,
+           asset_selection=[keys(spec)[step] for spec in USE_CASE.models for step in CHAIN],
+           description="Retrains a model's chain (training set -> ... -> rollout) on drift, on degradation against "
+                       "its own evaluation, or when its training set is stale; one retrain per drift episode, "
+                       "under a cool-down; each decision is an audit event with its evidence and run.")
+def model_retraining(context: dg.SensorEvaluationContext, lake: LakeResource,
+                     events: EventStoreResource) -> dg.SensorResult | dg.SkipReason:
+    requests = retrain_requests(context, lake, events, datetime.now(UTC))
+    if not requests:
+        return dg.SkipReason("no drift, degradation or staleness calls for a retrain (or the cool-down holds)")
+    return dg.SensorResult(run_requests=requests)
