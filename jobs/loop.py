@@ -141,6 +141,7 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
     from loopwise.rollout import current
     from loopwise.rollout.policy import describe
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the children
     backends = Backends(settings)
     use_case, store = backends.use_case, backends.events()
     start = settings.demo.dates[0]

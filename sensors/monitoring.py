@@ -16,7 +16,8 @@ from assets.usecase import USE_CASE
 from resources import EventStoreResource, LakeResource, MlflowResource
 
 _settings = load_settings()
-_STATUS = dg.DefaultSensorStatus.RUNNING if _settings.automation.on_by_default else dg.DefaultSensorStatus.STOPPED
+_LOOP_ON = _settings.automation.on_by_default and _settings.automation.closed_loop
+_STATUS = dg.DefaultSensorStatus.RUNNING if _LOOP_ON else dg.DefaultSensorStatus.STOPPED
 CHAIN = ("training_set", "trained_model", "model_evaluation", "registered_model", "deployed_endpoint")
 
 
@@ -82,17 +83,20 @@ def new_labelled_days(lake: LakeResource, spec_name: str) -> int:
 
 
 def ready_for_first_training(lake: LakeResource, spec_name: str) -> str | None:
-    """Why a never-trained model can train now (its outcomes landed and every feature table covers their days),
-    or None."""
-    from loopwise.pipelines.stages import silver_table
+    """Why a never-trained model can train now (every landed day of its outcomes reached silver, and every feature
+    table covers those days), or None."""
+    from loopwise.pipelines.stages import raw_table, silver_table
 
     spec = USE_CASE.model(spec_name)
     if spec.outcomes is None:
         return None
     outcomes = silver_table(lake.lake(), spec.outcomes.source).delta()
-    if outcomes is None:
+    raw = raw_table(lake.lake(), spec.outcomes.source).delta()
+    if outcomes is None or raw is None:
         return None
     last = max((str(p["partition_date"]) for p in outcomes.partitions()), default="")
+    if last < max((str(p["partition_date"]) for p in raw.partitions()), default=""):
+        return None  # landed days are still on their way to silver
     for table in USE_CASE.feature_tables:
         delta = lake.lake().table(table.name).delta()
         if delta is None or max((str(p["partition_date"]) for p in delta.partitions()), default="") < last:

@@ -41,8 +41,8 @@ def analyse_all(events: EventStoreResource, lake: LakeResource, mlflow: MlflowRe
 
 
 @dg.sensor(minimum_interval_seconds=_settings.rollout.analysis_interval_seconds,
-           default_status=dg.DefaultSensorStatus.RUNNING if _settings.automation.on_by_default
-           else dg.DefaultSensorStatus.STOPPED,
+           default_status=dg.DefaultSensorStatus.RUNNING
+           if _settings.automation.on_by_default and _settings.automation.closed_loop else dg.DefaultSensorStatus.STOPPED,
            description="Measures each running rollout (error rate, latency, score shift, accuracy on labels that "
                        "arrived, the A/B test) on the prediction log and advances, promotes, pauses or rolls it back.")
 def canary_analysis(context: dg.SensorEvaluationContext, events: EventStoreResource, lake: LakeResource,

@@ -5,6 +5,7 @@ state lives outside Dagster (the running service) and is read over HTTP."""
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.request
 
 import dagster as dg
@@ -13,11 +14,23 @@ from loopwise.config import load_settings
 from assets.models import keys
 from assets.usecase import USE_CASE
 
-_settings = load_settings()
+
+def _tls_context(cert: str | None) -> ssl.SSLContext | None:
+    """For a service on HTTPS: the system's CAs, and the service's own certificate trusted as it is.
+
+    `loopwise serve` is often given a self-signed certificate (`loopwise.serving.tls`), which no system CA
+    signs; partial-chain verification also accepts a CA-issued one named in `serving.tls_cert`.
+    """
+    if not cert:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=cert)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def _get(url: str, tls: ssl.SSLContext | None) -> str:
+    with urllib.request.urlopen(url, timeout=5, context=tls) as response:
         return response.read().decode()
 
 
@@ -35,16 +48,17 @@ def _counter_totals(text: str, metric: str, label: str) -> dict[str, float]:
 
 
 @dg.sensor(minimum_interval_seconds=30,
-           default_status=dg.DefaultSensorStatus.RUNNING if _settings.automation.on_by_default
+           default_status=dg.DefaultSensorStatus.RUNNING if load_settings().automation.on_by_default
            else dg.DefaultSensorStatus.STOPPED,
            description="Reports the running service's versions, readiness, predictions and errors as observations "
                        "of each deployed_endpoint.")
 def endpoint_observer(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    scheme = "https" if _settings.serving.tls_cert else "http"
-    base = f"{scheme}://{_settings.serving.host}:{_settings.serving.port}"
+    serving = load_settings().serving  # at each tick, not at import: the service may move without a code reload
+    base = f"{'https' if serving.tls_cert else 'http'}://{serving.host}:{serving.port}"
+    tls = _tls_context(serving.tls_cert)
     try:
-        metrics = _get(f"{base}/metrics")
-        models = {spec.name: json.loads(_get(f"{base}/v1/models/{spec.name}")) for spec in USE_CASE.models}
+        metrics = _get(f"{base}/metrics", tls)
+        models = {spec.name: json.loads(_get(f"{base}/v1/models/{spec.name}", tls)) for spec in USE_CASE.models}
     except OSError as exc:
         return dg.SkipReason(f"no service at {base} ({exc}); start it with `loopwise serve`")
     predictions = _counter_totals(metrics, "loopwise_predictions_total", "model")

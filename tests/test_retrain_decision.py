@@ -105,3 +105,19 @@ def test_the_served_frame_holds_features_inputs_and_score_of_answered_rows() -> 
     assert list(frame.columns) == ["orders", "spend", "amount", "channel", "text", "score"]
     assert frame["score"].tolist() == [0.2, 0.7]  # a shadow's score is not what was served
     assert frame["orders"].isna().tolist() == [False, True] and frame["amount"].tolist() == [3.0, 4.0]
+
+
+def test_degradation_needs_a_significant_drop_below_the_evaluation() -> None:
+    import numpy as np
+    from loopwise.monitoring.model import auc_degradation
+
+    rng = np.random.default_rng(4)
+    labels = (rng.random(400) < 0.3).astype(float)
+    noise = rng.normal(size=400)
+    decent = labels * 0.8 + noise  # AUC about 0.71
+    useless = noise  # AUC about 0.5
+    auc, degraded = auc_degradation(decent, labels, 0.72, tolerance=0.05, min_labelled=50, alpha=0.05)
+    assert 0.65 < auc < 0.78 and not degraded  # sampling noise of 400 labels is not a degradation
+    auc, degraded = auc_degradation(useless, labels, 0.72, tolerance=0.05, min_labelled=50, alpha=0.05)
+    assert auc < 0.6 and degraded
+    assert auc_degradation(useless[:40], labels[:40], 0.72, tolerance=0.05, min_labelled=50, alpha=0.05)[1] is False

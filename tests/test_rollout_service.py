@@ -50,7 +50,8 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("rollouts") / "data"
-    shutil.copytree(built.settings.paths.root, root, ignore=shutil.ignore_patterns("predlog", "serve-*.log"))
+    # Without the session's prediction log: what other modules sent is not this module's traffic.
+    shutil.copytree(built.settings.paths.root, root, ignore=shutil.ignore_patterns("predlog", "serve-*.log", "predictions"))
     env = {**built.env, "LOOPWISE_DATA_DIR": str(root), "LOOPWISE__ROLLOUT__STEPS": "[20, 50, 100]",
            "LOOPWISE__ROLLOUT__RULES": RULES + "]", "LOOPWISE__SERVING__FLUSH_INTERVAL_SECONDS": "0.5"}
     with pytest.MonkeyPatch.context() as patch:
@@ -297,3 +298,70 @@ def test_ab_assignment_through_the_service_is_sticky_per_customer(platform: Plat
     assert all(len(a) == 1 for a in by_customer.values()), "a customer met both arms"
     share = sum(a == {"challenger"} for a in by_customer.values()) / len(by_customer)
     assert 0.3 < share < 0.7, share
+
+
+def test_served_traffic_is_checked_for_drift_and_a_drifted_day_requests_one_retrain(
+        platform: Platform, built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closed loop's checks on real served traffic: a baseline of the champion's first answers, no drift on more
+    of the same, drift once the requests shift, and one retrain of the model's chain, recorded with its evidence."""
+    import random
+    from datetime import UTC, datetime
+
+    import dagster as dg
+    from loopwise.monitoring.retrain import RETRAIN_REQUESTED
+
+    from assets import ALL_ASSETS
+    from assets.models import keys
+    from assets.monitoring import monitoring_keys
+    from resources import build_resources
+    from sensors.monitoring import CHAIN, retrain_requests
+
+    spec = USE_CASE.model("ticket-escalation")  # untouched by the rollouts above
+    monkeypatch.setenv("LOOPWISE__MONITORING__BASELINE_ROWS", "60")
+    monkeypatch.setenv("LOOPWISE__MONITORING__DRIFT", "{drift_share: 0.1}")  # 2 of ~20 inputs drifting is a drift
+    rows = Lake(platform.settings.lake_uri).table(spec.training_table).read().to_pylist()
+    random.Random(3).shuffle(rows)
+    normal = [{f: r[f] for f in spec.request.model_fields} for r in rows]  # type: ignore[union-attr]
+    shifted = [{**r, "channel": "chat", "text": f"Subscription fee charged twice on my plan {i}, cancel the renewal"}
+               for i, r in enumerate(normal)]
+    resources = build_resources(platform.settings, USE_CASE)
+    m = monitoring_keys(spec)
+    day = datetime.now(UTC).date().isoformat()
+
+    def served(instances: list[dict]) -> None:
+        before = logged(platform)
+        for i, instance in enumerate(instances):
+            assert call(f"{platform.bases[i % 2]}/v1/models/{spec.name}:predict", {"instances": [instance]})[0] == 200
+        deadline = time.monotonic() + 30
+        while logged(platform) < before + len(instances) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def check(instance: dg.DagsterInstance) -> dict:
+        result = dg.materialize(ALL_ASSETS, selection=[m["drift_report"], m["model_performance"]], partition_key=day,
+                                instance=instance, resources=resources)
+        assert result.success
+        return platform.backends().events().read(kind="drift.checked", subject=f"drift:{spec.name}")[-1].payload
+
+    with dg.instance_for_test() as instance:
+        served(normal[:140])
+        assert dg.materialize(ALL_ASSETS, selection=[m["reference_profile"]], instance=instance,
+                              resources=resources).success
+        calm = check(instance)
+        assert not calm["drifted"] and calm["rows"] == 80, calm  # the 80 answers after the 60 of the baseline
+        served(shifted[:150])
+        drifted = check(instance)
+        assert drifted["drifted"], drifted
+        flagged = {c["name"] for c in drifted["columns"] if c["drifted"]}
+        assert {"channel", "text"} <= flagged, flagged
+        performance = platform.backends().events().read(kind="performance.checked")[-1].payload
+        assert performance["model"] == spec.name and performance["versions"][0]["answered"] >= 290
+
+        context = dg.build_sensor_context(instance=built.instance)
+        requests = retrain_requests(context, resources["lake"], resources["events"], datetime.now(UTC))
+        mine = [r for r in requests if r.tags["loopwise/model"] == spec.name]
+        assert len(mine) == 1 and mine[0].tags["loopwise/retrain"] == "drift"
+        assert set(mine[0].asset_selection) == {keys(spec)[step] for step in CHAIN}
+        decision = platform.backends().events().read(kind=RETRAIN_REQUESTED, subject=f"monitoring:{spec.name}")[-1]
+        assert decision.payload["evidence"]["drifted_columns"] and decision.payload["run_key"] == mine[0].run_key
+        again = retrain_requests(context, resources["lake"], resources["events"], datetime.now(UTC))
+        assert not [r for r in again if r.tags["loopwise/model"] == spec.name], "one retrain per drift episode"

@@ -204,6 +204,8 @@ class AutomationSettings(_Section):
     on_by_default: bool = Field(True, description="the landing sensor and data-path automation start running with "
                                                   "the daemon (embedded default); prod turns them on by hand")
     landing_interval_seconds: int = Field(15, gt=0, description="how often the landing sensor looks for complete days")
+    closed_loop: bool = Field(True, description="the prediction monitor, retraining and canary-analysis sensors start "
+                                                "running with the daemon (with on_by_default)")
 
 
 class DemoSettings(_Section):

@@ -8,6 +8,7 @@ Every check is recorded in the central state store (`drift.checked`, `performanc
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from loopwise.events.store import Event, EventStore
 from loopwise.lake.tables import Lake
@@ -207,11 +209,11 @@ class DayPerformance:
 
 
 def day_performance(lake: Lake, spec: ModelSpec, day: date, expected_auc: dict[str, float], *, min_labelled: int = 50,
-                    tolerance: float = 0.05) -> DayPerformance:
-    """AUC and log-loss per version that answered on `day`, on the outcomes that arrived; a version is degraded when
-    its AUC falls more than `tolerance` below its own evaluation (with at least `min_labelled` labels of both
-    classes)."""
-    from loopwise.rollout.analysis import _auc_delong, _log_loss_terms
+                    tolerance: float = 0.05, alpha: float = 0.05) -> DayPerformance:
+    """AUC and log-loss per version that answered on `day`, on the outcomes that arrived. A version is degraded when
+    its AUC is below its own evaluation minus `tolerance` with significance `alpha` (one-sided, DeLong's variance),
+    on at least `min_labelled` labels of both classes: a few hundred labels alone vary by several points."""
+    from loopwise.rollout.analysis import _log_loss_terms
 
     since, until = day_window(day)
     rows = read_predictions(lake, spec.name, since, until)
@@ -223,13 +225,25 @@ def day_performance(lake: Lake, spec: ModelSpec, day: date, expected_auc: dict[s
             else np.full(len(group), np.nan)
         known = ~np.isnan(labels)
         scores, y = group["score"].to_numpy(dtype=float)[known], labels[known]
-        auc = float(_auc_delong(scores, y)[0]) if len(y) and 0 < y.sum() < len(y) else None
         loss = float(_log_loss_terms(scores, y).mean()) if len(y) else None
         expected = expected_auc.get(str(version))
-        degraded = (auc is not None and expected is not None and len(y) >= min_labelled
-                    and auc < expected - tolerance)
+        auc, degraded = auc_degradation(scores, y, expected, tolerance=tolerance, min_labelled=min_labelled, alpha=alpha)
         out.append(VersionDay(str(version), len(group), int(known.sum()), auc, loss, expected, degraded))
     return DayPerformance(spec.name, day.isoformat(), out)
+
+
+def auc_degradation(scores: np.ndarray, labels: np.ndarray, expected: float | None, *, tolerance: float,
+                    min_labelled: int, alpha: float) -> tuple[float | None, bool]:
+    """(AUC, degraded): degraded when the AUC is significantly (one-sided, DeLong) below `expected - tolerance`."""
+    from loopwise.rollout.analysis import _auc_delong
+
+    if len(labels) < 3 or not 1 < labels.sum() < len(labels) - 1:
+        return None, False
+    auc, variance = _auc_delong(scores, labels)
+    if expected is None or len(labels) < min_labelled:
+        return float(auc), False
+    z = (expected - tolerance - auc) / max(math.sqrt(variance), 1e-9)
+    return float(auc), bool(stats.norm.sf(z) < alpha)  # P(an AUC this low | the floor holds) < alpha
 
 
 def record_performance(store: EventStore, performance: DayPerformance, run_id: str | None = None) -> None:
