@@ -8,6 +8,7 @@ storage: on Kubernetes each run is its own pod.
 
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def k8s_tags(gpus: int, memory: str, priority_class: str) -> dict[str, Any]:
 
 
 # What the training pod asks Kubernetes for is part of the definitions, like the partitions: read when they load.
-_training = load_settings().training
+_training, _monitoring = load_settings().training, load_settings().monitoring
 TRAINING_POD = k8s_tags(_training.gpus, _training.memory, _training.priority_class)
 
 
@@ -56,7 +57,9 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     k = keys(spec)
     group = spec.slug
 
+    # Dagster's freshness state shows what the retraining sensor acts on: a training set older than the max age.
     @dg.asset(key=k["training_set"], group_name=group, kinds={"delta", "feast"},
+              freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=_monitoring.max_age_days)),
               deps=[*(f"silver_{s}" for s in spec.reads), *(t.name for t in USE_CASE.feature_tables), "feast_registry"],
               description=f"{spec.name}: its labelled rows joined, as of each row's time, with the feature service "
                           f"{spec.feature_service} through Feast's get_historical_features.")

@@ -84,7 +84,7 @@ def monitoring_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "champion_version": reference.version, "source": reference.source,
             "training_set_version": reference.training_set_version,
             "rows": reference.rows, "profile_bytes": reference.profile.json_size(), "built_now": built,
-            "columns": dg.MetadataValue.json(reference.profile.kinds())})
+            "columns": dg.MetadataValue.json(reference.profile.kinds)})
 
     @dg.asset(key=m["drift_report"], deps=[m["reference_profile"]], group_name=group, partitions_def=DAILY,
               kinds={"python"},

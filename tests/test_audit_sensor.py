@@ -16,6 +16,9 @@ def test_materializations_and_checks_are_copied_once(built: Built) -> None:
     checks = store.read(kind="asset.check_evaluated")
     data_layer = {f"asset:{stage}_{s.name}" for stage in ("raw", "bronze", "silver") for s in USE_CASE.sources}
     assert data_layer <= {r.subject for r in materialized}
+    # Every run's events, the last run's too: a SQLite instance numbers each run's events from 1.
+    endpoints = {f"asset:{spec.slug}/deployed_endpoint" for spec in USE_CASE.models}
+    assert endpoints <= {r.subject for r in materialized}, sorted({r.subject for r in materialized})
     for r in (r for r in materialized if r.subject in data_layer):
         assert r.payload["partition"] in ("2026-03-02", "2026-03-03") and "delta_version" in r.payload["metadata"]
         assert r.payload["metadata"]["delta_table"] == r.subject.removeprefix("asset:")
