@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import os
-import platform as stdlib_platform
 import shutil
 import subprocess
 import sys
@@ -32,12 +31,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common import RESULTS, commit, load_average, machine
+
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
     from loopwise.contracts import SourceContract
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 COLUMNS = ["order_id", "customer_id", "ordered_at", "amount", "currency", "status", "note"]
 
 
@@ -253,19 +253,6 @@ def measure(reader: str, path: Path, file_rows: int) -> Run:
     return run
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {stdlib_platform.system()} {stdlib_platform.release()}"
-
-
-def commit() -> str:
-    """The commit measured; `+dirty` when the working tree has uncommitted changes."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
-    return head + ("+dirty" if dirty.strip() else "")
-
-
 def row(run: Run, label: str) -> str:
     return (f"| {label} | {run.file_rows:,} | {run.file_bytes / 1e6:.0f} MB | {run.seconds:.1f} s | {run.cpu_seconds:.1f} s "
             f"| {run.table_rows:,} | {run.peak_rss / 1e9:.2f} GB | {run.rss_ratio:.2f}x |")
@@ -286,7 +273,7 @@ def main() -> None:
         write_day_file(Path(args.write[0]), int(args.write[1]))
         return
 
-    load = " / ".join(open("/proc/loadavg").read().split()[:3])  # the machine may be shared: 2 cores
+    load = load_average()
     work = Path(tempfile.mkdtemp(prefix="loopwise-landing-bench-"))
     try:
         t = time.perf_counter()

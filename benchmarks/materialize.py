@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_layer import commit, machine
+from common import commit, machine
 from loopwise.features import online
 from loopwise.features.store import FeastLocation, apply_repo, feature_store
 from loopwise.lake.tables import DateRange, Lake, overwrite_partitions_arrow

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_layer import commit, machine
+from common import commit, machine
 from loopwise.lake.tables import TableRef
 from loopwise.serving.predlog import Prediction, PredictionLog
 

@@ -257,7 +257,7 @@ def bench_features(feast_dir: Path, work: Path, duration: int = 20, connections:
 
 
 def features_entry(result: FeaturesResult) -> list[str]:
-    from data_layer import machine
+    from common import machine
 
     f, o = result.feast, result.loopwise
     return [
@@ -279,7 +279,7 @@ def features_entry(result: FeaturesResult) -> list[str]:
 
 
 def append_results(title: str, lines: list[str]) -> None:
-    from data_layer import commit
+    from common import commit
 
     with RESULTS.open("a") as f:
         f.write("\n".join([f"\n## {title} — {datetime.now():%Y-%m-%d %H:%M} — commit {commit()}", *lines]) + "\n")
@@ -312,5 +312,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # data_layer's machine() and commit()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # common: machine() and commit()
     main()
