@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test dev bench lint clean
+.PHONY: demo loop test dev bench lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 ## demo: set up and run the main job on the embedded default (no server to start)
 demo: $(STAMP)
 	$(BIN)/loopwise demo
+
+## loop: the closed loop with Dagster's daemon and the service (`loopwise loop`): land, train, serve, drift, retrain, canary
+loop: $(STAMP)
+	$(BIN)/loopwise loop
 
 ## test: set up and run the test suite (see README for the services it uses)
 test: $(STAMP)
@@ -35,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/predlog.py
 	$(BIN)/python benchmarks/predictions.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/rollout.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform assets resources jobs sensors definitions.py tests benchmarks feature_repo
