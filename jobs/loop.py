@@ -103,6 +103,18 @@ class Watch:
         self.poll()
 
 
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def instances(backends: Backends, days: list[date]) -> dict[str, list[dict[str, Any]]]:
     """Each model's request instances for `days`, from its labelled rows in silver (what a caller would send)."""
     from loopwise.features.stages import silver_reader
@@ -152,8 +164,13 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
     began = time.monotonic()
     watch = Watch(store, say, began)
     base = f"http://{settings.serving.host}:{settings.serving.port}"
+    for what, host, port in (("the Dagster UI", "127.0.0.1", 3000),
+                             ("the service", settings.serving.host, settings.serving.port)):
+        if not port_free(host, port):
+            raise LoopFailed(f"{host}:{port}, where {what} would listen, is in use (an earlier `loopwise loop`, "
+                             "`make dev` or `loopwise serve`?): stop it, or set serving.port for the service")
     with process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", "3000"], logs / "dagster.log", env), \
-            process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env):
+            process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env) as service:
         say(f"Dagster UI (webserver and daemon): http://127.0.0.1:3000   service: {base}   logs: {logs}")
         for day in days:
             landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,
@@ -163,6 +180,8 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
                                for m in use_case.models)
         watch.until(released, "the first champion of every model (landing -> silver -> features -> train -> release)",
                     900, where=f" (see the runs in the Dagster UI, {logs / 'dagster.log'})")
+        if service.poll() is not None:
+            raise LoopFailed(f"the service stopped (exit {service.returncode}); its log: {logs / 'serve.log'}")
         watch.until(lambda: http(f"{base}/readyz")[0] == 200, "the service loading every champion", 120,
                     where=f" ({logs / 'serve.log'})")
         normal = instances(backends, days)
