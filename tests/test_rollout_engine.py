@@ -495,3 +495,21 @@ def test_an_ab_rollout_with_no_effect_ends_without_a_winner(store: EventStore) -
     assert decision.action is Action.ABORT and decision.ab.verdict is Verdict.NO_DIFFERENCE
     assert current(store, MODEL).status is Status.ABORTED
     assert states(store) == {"1": State.CHAMPION, "2": State.ROLLED_BACK}
+
+
+def test_evidence_from_the_log_joins_labels_and_ignores_stragglers_of_an_arm_given_nothing(store: EventStore) -> None:
+    import pandas as pd
+    from loopwise.rollout.evidence import arm_evidence
+
+    start(store, MODEL, "canary", 1, 2, steps=[50, 100], **WHO)
+    log = pd.DataFrame({
+        "arm": ["champion", "challenger", "challenger", "champion"], "version": ["1", "2", "2", "1"],
+        "inputs": [json.dumps({"key": k}) for k in ("a", "b", "c", "d")], "score": [0.2, 0.9, float("nan"), 0.4],
+        "latency_ms": [5.0, 7.0, 9.0, 6.0], "status": ["ok", "ok", "error", "ok"], "served": [True] * 4})
+    outcomes = pd.Series({"a": 0.0, "b": 1.0})
+    evidence = arm_evidence(log, current(store, MODEL), outcomes, split_key="key")
+    assert (evidence["challenger"].requests, evidence["challenger"].errors) == (2, 1)
+    assert evidence["challenger"].labels.tolist() == [1.0]  # aligned with the answered request
+    assert np.isnan(evidence["champion"].labels[1])  # label not arrived yet
+    advance(store, MODEL, **WHO)  # 100 %: the champion's stragglers (workers on the old split) are no sample
+    assert arm_evidence(log, current(store, MODEL), outcomes, split_key="key")["champion"].requests == 0

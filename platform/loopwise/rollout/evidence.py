@@ -15,7 +15,7 @@ import pandas as pd
 
 from loopwise.lake.tables import DateRange, Lake
 from loopwise.rollout.analysis import ArmEvidence
-from loopwise.rollout.state import Rollout
+from loopwise.rollout.state import Rollout, Strategy
 from loopwise.usecase import ModelSpec
 
 PREDICTIONS = "predictions"
@@ -69,6 +69,11 @@ def arm_evidence(predictions: pd.DataFrame, rollout: Rollout, outcomes: pd.Serie
     """
     evidence = {}
     for arm in rollout.arms if rollout.arms else ():
+        if arm.weight == 0 and rollout.strategy is not Strategy.SHADOW:
+            # An arm the split gives nothing (the champion at a canary's 100 % step): a few answers from workers
+            # still on the previous split are not a sample to compare with.
+            evidence[arm.name] = ArmEvidence(requests=0)
+            continue
         rows = predictions[(predictions["arm"] == arm.name) & (predictions["version"] == arm.version)]
         ok = rows[rows["status"].fillna("ok") == "ok"]
         labels = None
