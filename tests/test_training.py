@@ -171,3 +171,16 @@ def test_a_tabular_model_trains_on_features_alone(dataset, tmp_path: Path) -> No
     assert all(torch.isfinite(torch.tensor([h.train_loss, h.val_loss])).all() for h in result.history)
     features = prepared.splits["holdout"].tensors[0]
     assert model(features).shape == (len(features),)
+
+
+def test_the_feature_matrix_zero_fills_flags_presence_and_one_hots() -> None:
+    import numpy as np
+    from loopwise.training.data import feature_matrix
+
+    layout = InputLayout(features=("orders", "spend"), presence=(("has_orders", "orders"),), numeric=("amount",),
+                         categorical={"channel": ("email", "chat")})
+    frame = pd.DataFrame({"orders": [2, None, 1.5], "amount": [10.0, float("nan"), 3.0],
+                          "channel": ["chat", None, "web"]})  # `spend` absent: a feature the view lacks
+    expected = np.array([[2, 0, 1, 10, 0, 1], [0, 0, 0, 0, 0, 0], [1.5, 0, 1, 3, 0, 0]], dtype=np.float32)
+    got = feature_matrix(frame, layout)
+    assert got.dtype == np.float32 and np.array_equal(got, expected), got

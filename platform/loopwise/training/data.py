@@ -71,14 +71,19 @@ def split_of(key: str, validation: float = 0.15, holdout: float = 0.15) -> str:
 
 def feature_matrix(frame: pd.DataFrame, layout: InputLayout) -> np.ndarray:
     """Numeric features (nulls as 0, with a presence flag per view), numeric inputs, one-hot categoricals."""
-    features = frame.reindex(columns=list(layout.features)).astype("float64")
-    parts = [features.fillna(0.0).to_numpy()]
+    # One array conversion per block, not pandas work per column: this runs once per micro-batch when serving.
+    names = list(layout.features)
+    features = frame.reindex(columns=names).to_numpy(dtype="float64", na_value=np.nan)
+    present = ~np.isnan(features)
+    parts = [np.where(present, features, 0.0)]
     if layout.presence:
-        parts.append(np.stack([features[column].notna().to_numpy() for _, column in layout.presence], axis=1))
+        position = {name: i for i, name in enumerate(names)}
+        parts.append(present[:, [position[column] for _, column in layout.presence]])
     if layout.numeric:
-        parts.append(frame.reindex(columns=list(layout.numeric)).astype("float64").fillna(0.0).to_numpy())
+        numeric = frame.reindex(columns=list(layout.numeric)).to_numpy(dtype="float64", na_value=np.nan)
+        parts.append(np.where(np.isnan(numeric), 0.0, numeric))
     for column, levels in layout.categorical.items():
-        parts.append(np.stack([(frame[column] == level).to_numpy() for level in levels], axis=1))
+        parts.append(frame[column].to_numpy(dtype=object)[:, None] == np.array(levels, dtype=object)[None, :])
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
