@@ -187,7 +187,9 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
             raise LoopFailed(f"the service stopped (exit {service.returncode}); its log: {logs / 'serve.log'}")
         watch.until(lambda: http(f"{base}/readyz")[0] == 200, "the service loading every champion", 120,
                     where=f" ({logs / 'serve.log'})")
-        normal = instances(backends, days)
+        # The last day's requests, as live traffic would be: older days' outcomes have landed and flowed into the
+        # online features (a replayed ticket would be served features that already count its own escalation).
+        normal = instances(backends, days[-1:])
         say(f"replaying traffic of the normal days: {replay(base, normal, traffic)} answered")
         for day in drifted:
             landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,
