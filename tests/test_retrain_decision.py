@@ -15,7 +15,7 @@ from loopwise.monitoring.retrain import RetrainPolicy, decide_retrain, record_re
 from loopwise.training.data import InputLayout
 
 MODEL = "m"
-NOW = datetime.now(UTC)  # the cool-down counts from the events' real times
+NOW = datetime.now(UTC)  # events carry real times: the cool-down tests count from the recorded ones
 POLICY = RetrainPolicy(cooldown_seconds=600, stale_after_days=3, max_age_days=10)
 
 
@@ -59,11 +59,12 @@ def test_drift_retrains_once_per_episode_and_again_after_it_ends(store: EventSto
 
 def test_the_cooldown_holds_every_cause(store: EventStore) -> None:
     drift(store, "2026-11-23", True)
-    record_retrain(store, decide(store), "run-1")
+    record_retrain(store, decide(store, datetime.now(UTC)), "run-1")
+    requested = datetime.fromisoformat(store.read(kind="retrain.requested")[-1].at)  # the cool-down counts from here
     drift(store, "2026-11-24", False)
     drift(store, "2026-11-25", True)
-    assert decide(store, NOW + timedelta(seconds=60), new_days=9) is None
-    assert decide(store, NOW + timedelta(seconds=601)).cause == "drift"
+    assert decide(store, requested + timedelta(seconds=60), new_days=9) is None
+    assert decide(store, requested + timedelta(seconds=601)).cause == "drift"
 
 
 def test_degradation_and_staleness_retrain(store: EventStore) -> None:

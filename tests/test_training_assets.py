@@ -43,7 +43,8 @@ def test_every_declared_model_is_trained_evaluated_registered_and_traced_to_raw(
         assert registered["version"] == "1" and registered["challenger"] == "1"
         assert Registry(built.settings.tracking_uri, store, spec.name).alias(CHALLENGER) == "1"
         moves = [e for e in store.read(kind=ALIAS_MOVED) if e.subject == f"model:{spec.name}/1"]
-        assert [e.payload["to_version"] for e in moves] == ["1"]
+        # The gate made it challenger; deploying released it as the model's first champion.
+        assert [(e.payload["alias"], e.payload["to_version"]) for e in moves] == [("challenger", "1"), ("champion", "1")]
 
         chain = {s.asset: s for s in model_lineage(built.settings.tracking_uri, store, f"{spec.name}@challenger").steps}
         assert chain["feature service"].detail == spec.feature_service
