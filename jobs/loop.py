@@ -74,7 +74,7 @@ class Watch:
 
     def __init__(self, store: EventStore, say: Say, started: float) -> None:
         self.store, self.say, self.started = store, say, started
-        self.seq = store.read()[-1].seq if store.read() else 0
+        self.seq = store.last_seq()
 
     def poll(self) -> list[Any]:
         records = self.store.read(after=self.seq)
@@ -196,7 +196,7 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
                                    drift, settings.demo.bad_row_fraction)
             say(f"landed drifted {day} ({drift}): " + ", ".join(f"{f.source} {f.rows} rows" for f in landed))
         before = {m.name: current(store, m.name).id for m in use_case.models}
-        online = lambda: all(_partition_done(settings, "online_features", d) for d in drifted)  # noqa: E731
+        online = lambda: all(_partition_done(store, "online_features", d) for d in drifted)  # noqa: E731
         watch.until(online, "the drifted days reaching the online store", 600)
         shifted = instances(backends, drifted)
         say(f"replaying traffic of the drifted days: {replay(base, shifted, 3 * traffic)} answered")
@@ -216,8 +216,7 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
         say(f"the loop took {time.monotonic() - began:.0f} s")
 
 
-def _partition_done(settings: Settings, asset: str, day: date) -> bool:
+def _partition_done(store: EventStore, asset: str, day: date) -> bool:
     """Whether `asset` has a materialization of `day`'s partition in the audit trail."""
-    store = Backends(settings).events()
-    return any(r.payload.get("partition") == day.isoformat() for r in store.read(kind="asset.materialized",
-                                                                                 subject=f"asset:{asset}"))
+    return any(r.payload.get("partition") == day.isoformat()
+               for r in store.read(kind="asset.materialized", subject=f"asset:{asset}"))
