@@ -123,6 +123,11 @@ class ServingSettings(_Section):
     micro_batching: bool = Field(True, description="score queued requests together (off: one request per scoring)")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits for more requests while the "
                                                         "model is busy")
+    runtime: str = Field("onnx-int8", pattern="^(torch|onnx|onnx-int8)$",
+                         description="what a text encoder scores with: torch (fp32, as trained), onnx (ONNX Runtime "
+                                     "fp32, the same scores) or onnx-int8 (dynamic int8 quantization; its agreement "
+                                     "with fp32 is in benchmarks/RESULTS.md); exported once per set of weights "
+                                     "under <data_dir>/runtime")
     group_commit_ms: float = Field(2.0, ge=0, description="the prediction log's group-commit window")
     flush_interval_seconds: float = Field(5.0, gt=0, description="how often logged predictions move into the Delta "
                                                                  "table that drift and rollout analysis read")

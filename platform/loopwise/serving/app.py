@@ -155,6 +155,9 @@ class Service:
 
         self.store = self.backends.feature_store()
         ensure_applied(self.store, self.backends.use_case.feature_repo, self.settings.lake_uri)
+        from loopwise.training.runtime import use_scoring_runtime
+
+        use_scoring_runtime(self.settings.serving.runtime, self.settings.paths.root / "runtime")
         for name in self.specs:
             self.sync(name)
         self.predlog = open_prediction_log(self.backends)

@@ -89,7 +89,15 @@ class ScoringModel(nn.Module):
 @torch.no_grad()
 def embed_texts(encoder: nn.Module, tokenizer: object, texts: list[str], max_length: int = 64,
                 batch_size: int = 64, device: torch.device | None = None) -> torch.Tensor:
-    """Embeddings of many texts with a frozen encoder, in batches."""
+    """Embeddings of many texts with a frozen encoder, in batches.
+
+    On the process's scoring runtime (`runtime.use_scoring_runtime`): PyTorch, as in training, unless a service
+    chose ONNX Runtime, where the texts go through the exported encoder in length buckets.
+    """
+    from loopwise.training import runtime
+
+    if runtime.scoring_runtime().name != "torch" and (device is None or device.type == "cpu"):
+        return runtime.embed_onnx(runtime.onnx_encoder(encoder), tokenizer, texts, max_length)
     device = device or torch.device("cpu")
     encoder.to(device).eval()
     out = []
