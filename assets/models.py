@@ -96,7 +96,8 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         layout = layout_for(feast.store(), spec)
         checkpoints = Path(training.checkpoint_dir) / spec.slug / f"training_set-v{version}"
         run = train_and_log(spec, frame, layout, training.config(), checkpoints, mlflow.tracking_uri,
-                            mlflow.artifact_uri, tags, freeze_encoder=training.freeze_encoder)
+                            mlflow.artifact_uri, tags, freeze_encoder=training.freeze_encoder,
+                            embedding_cache=Path(training.embedding_dir))
         history = run.result.history
         return dg.MaterializeResult(metadata={
             "mlflow_run_id": run.run_id, "model_uri": run.model_uri, "device": run.result.device,
@@ -106,6 +107,7 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                                                           "val_loss": round(h.val_loss, 5)} for h in history]),
             "training_set_version": version, "feature_service": spec.feature_service, "git_commit": run.git_commit,
             "inputs": dg.MetadataValue.json(layout.names),
+            **(run.embeddings.metadata() if run.embeddings else {}),  # texts embedded anew, and reused from the cache
         })
 
     @dg.asset(key=k["model_evaluation"], deps=[k["trained_model"]], group_name=group, kinds={"mlflow"},

@@ -38,7 +38,7 @@ def build_resources(settings: Settings, use_case: UseCase) -> dict[str, Any]:
             epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
             gradient_accumulation=t.gradient_accumulation, patience=t.patience, seed=t.seed, device=t.device,
             distributed=t.distributed, freeze_encoder=t.freeze_encoder,
-            checkpoint_dir=str(settings.paths.root / "checkpoints"),
+            checkpoint_dir=str(settings.paths.root / "checkpoints"), embedding_dir=str(settings.paths.embeddings),
         ),
     }
 

@@ -23,6 +23,7 @@ class TrainingResource(dg.ConfigurableResource):
     distributed: bool = False
     freeze_encoder: bool = True
     checkpoint_dir: str
+    embedding_dir: str  # a frozen text encoder's embeddings, cached by content hash (training/embeddings.py)
 
     def config(self) -> TrainConfig:
         from loopwise.training.loop import TrainConfig  # torch loads where training runs, not with the definitions

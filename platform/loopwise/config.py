@@ -274,6 +274,7 @@ class DataPaths:
         self.events = root / "events"
         self.predlog = root / "predlog"
         self.monitoring = root / "monitoring"
+        self.embeddings = root / "embeddings"  # a frozen encoder's cached text embeddings (training only)
 
 
 def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:

@@ -7,6 +7,7 @@ keyed by the split key, so evaluation and later steps read them from MLflow, not
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,11 +18,13 @@ import pandas as pd
 import torch
 
 from loopwise.training.data import InputLayout, feature_matrix, prepare, tokenize
+from loopwise.training.embeddings import EmbeddingStats, embed_cached
 from loopwise.training.loop import TrainConfig, TrainResult, pick_device, train
 from loopwise.training.model import ScoringModel, embed_texts, load_encoder
 from loopwise.usecase import ModelSpec
 
 HOLDOUT_ARTIFACT = "holdout_scores.parquet"
+log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
@@ -66,10 +69,12 @@ class TrainedRun:
     model_uri: str
     result: TrainResult
     git_commit: str
+    embeddings: EmbeddingStats | None = None  # a frozen text encoder's: texts embedded anew and reused from the cache
 
     def summary(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "model_uri": self.model_uri, "device": self.result.device, "git_commit": self.git_commit,
-                "best_epoch": self.result.best_epoch, "history": [asdict(h) for h in self.result.history]}
+                "best_epoch": self.result.best_epoch, "history": [asdict(h) for h in self.result.history],
+                "embeddings": self.embeddings.summary() if self.embeddings else None}
 
 
 def _experiment(spec: ModelSpec, artifact_uri: str) -> str:
@@ -81,8 +86,12 @@ def _experiment(spec: ModelSpec, artifact_uri: str) -> str:
 
 def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, config: TrainConfig, checkpoint_dir: Path,
                   tracking_uri: str, artifact_uri: str, tags: dict[str, str], freeze_encoder: bool = True,
-                  max_length: int = 64) -> TrainedRun:
-    """Train a declared model on its training set and log the model, its metrics and its holdout scores."""
+                  max_length: int = 64, embedding_cache: Path | None = None) -> TrainedRun:
+    """Train a declared model on its training set and log the model, its metrics and its holdout scores.
+
+    A frozen encoder's text embeddings are reused from `embedding_cache` (the profile's `paths.embeddings`), so a
+    retrain embeds only texts it has not seen; without one, every text is embedded.
+    """
     import json
 
     import mlflow
@@ -91,12 +100,17 @@ def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, con
     device = pick_device(config.device)
     encoder = tokenizer = None
     text: Any = None
+    embedded: EmbeddingStats | None = None
     if layout.text:
         encoder, tokenizer = load_encoder()
         texts = frame[layout.text].fillna("").astype(str).tolist()
-        # Frozen: embed once, each epoch trains only the head. Fine-tuned: token ids through the encoder.
-        text = embed_texts(encoder, tokenizer, texts, max_length, device=device) if freeze_encoder else \
-            tokenize(tokenizer, texts, max_length)
+        # Frozen: embed once (only texts no earlier run embedded), each epoch trains only the head.
+        # Fine-tuned: token ids through the encoder, whose embeddings change each step (nothing to cache).
+        if freeze_encoder:
+            text, embedded = embed_cached(encoder, tokenizer, texts, embedding_cache, max_length, device=device)
+            log.info("%s: %s", spec.name, embedded.summary())
+        else:
+            text = tokenize(tokenizer, texts, max_length)
     prepared = prepare(frame, layout, spec.label, spec.split_key, text)
     torch.manual_seed(config.seed)
     n_features = len(layout.names)
@@ -124,6 +138,8 @@ def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, con
         mlflow.log_params({**asdict(config), "freeze_encoder": freeze_encoder, "max_length": max_length,
                            "encoder": "all-MiniLM-L6-v2" if layout.text else "none", "rows": len(frame),
                            "inputs": len(layout.names), "feature_service": spec.feature_service})
+        if embedded is not None:
+            mlflow.log_metrics(embedded.metadata())
         for h in result.history:
             mlflow.log_metrics({"train_loss": h.train_loss, "val_loss": h.val_loss,
                                 "samples_per_second": h.samples_per_second}, step=h.epoch)
@@ -144,7 +160,7 @@ def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, con
         info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                        artifacts={"model": str(saved), "spec": str(spec_file)},
                                        input_example=example, signature=infer_signature(example, probabilities[:3]))
-    return TrainedRun(run.info.run_id, info.model_uri, result, commit)
+    return TrainedRun(run.info.run_id, info.model_uri, result, commit, embedded)
 
 
 def holdout_scores(tracking_uri: str, run_id: str, split_key: str) -> pd.DataFrame:
