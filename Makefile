@@ -13,11 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## demo: set up and run the main job on the embedded default (no server to start)
+## demo: the batch path: land the demo days and build, train and register through Dagster's Python API (no daemon)
 demo: $(STAMP)
 	$(BIN)/loopwise demo
 
-## loop: the closed loop with Dagster's daemon and the service (`loopwise loop`): land, train, serve, drift, retrain, canary
+## loop: the README's first command: set up and run the closed loop with Dagster's daemon and the service
+## (`loopwise loop`): land, train, release, serve, drift, retrain, canary, then the serving model's lineage
 loop: $(STAMP)
 	$(BIN)/loopwise loop
 

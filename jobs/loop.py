@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
+from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
@@ -136,21 +137,25 @@ def instances(backends: Backends, days: list[date]) -> dict[str, list[dict[str, 
     return out
 
 
-def replay(base: str, batch: dict[str, list[dict[str, Any]]], per_model: int) -> dict[str, int]:
-    """Send up to `per_model` single-instance predictions per model; the count answered per model."""
-    answered = {}
-    for model, rows in batch.items():
-        ok = 0
-        for row in rows[:per_model]:
-            status, _ = http(f"{base}/v1/models/{model}:predict", {"instances": [row]})
-            ok += status == 200
-        answered[model] = ok
-    return answered
+def replay(base: str, batch: dict[str, list[dict[str, Any]]], per_model: int, callers: int = 8) -> dict[str, int]:
+    """Send `per_model` single-instance predictions per model from `callers` concurrent clients, as live callers
+    would; the count answered per model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(call: tuple[str, dict[str, Any]]) -> bool:
+        return http(f"{base}/v1/models/{call[0]}:predict", {"instances": [call[1]]})[0] == 200
+
+    # A day has fewer labelled requests than a served baseline needs: callers come back (the same rows again).
+    calls = [(model, row) for model, rows in batch.items() if rows for row in islice(cycle(rows), per_model)]
+    with ThreadPoolExecutor(callers) as pool:
+        answers = list(pool.map(ask, calls))
+    return {model: sum(ok for (m, _), ok in zip(calls, answers, strict=True) if m == model) for model in batch}
 
 
 def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "amounts=1.8",
-             traffic: int = 400) -> None:
-    """The whole loop; raises LoopFailed naming the stage that did not happen."""
+             traffic: int | None = None, ui_port: int = 3000) -> None:
+    """The whole loop; raises LoopFailed naming the stage that did not happen. `traffic`: the normal days'
+    predictions per model, by default enough for the champion's served baseline and one drift check."""
     from loopwise.landing import zone
     from loopwise.lineage import model_lineage
     from loopwise.rollout import current
@@ -164,17 +169,19 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
     drifted = [days[-1] + timedelta(days=1)]
     env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "ERROR"}  # DAGSTER_HOME: set by the caller (`loopwise loop`)
     logs = settings.paths.root / "logs"
+    checked = settings.monitoring.min_rows
+    traffic = traffic or checked + (settings.monitoring.baseline_rows if settings.monitoring.reference == "served" else 0)
     began = time.monotonic()
     watch = Watch(store, say, began)
     base = f"http://{settings.serving.host}:{settings.serving.port}"
-    for what, host, port in (("the Dagster UI", "127.0.0.1", 3000),
+    for what, host, port in (("the Dagster UI", "127.0.0.1", ui_port),
                              ("the service", settings.serving.host, settings.serving.port)):
         if not port_free(host, port):
             raise LoopFailed(f"{host}:{port}, where {what} would listen, is in use (an earlier `loopwise loop`, "
-                             "`make dev` or `loopwise serve`?): stop it, or set serving.port for the service")
-    with process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", "3000"], logs / "dagster.log", env), \
+                             "`make dev` or `loopwise serve`?): stop it, or choose --ui-port, or serving.port for the service")
+    with process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env), \
             process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env) as service:
-        say(f"Dagster UI (webserver and daemon): http://127.0.0.1:3000   service: {base}   logs: {logs}")
+        say(f"Dagster UI (webserver and daemon): http://127.0.0.1:{ui_port}   service: {base}   logs: {logs}")
         for day in days:
             landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,
                                    None, settings.demo.bad_row_fraction)
@@ -199,10 +206,11 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
         online = lambda: all(_partition_done(store, "online_features", d) for d in drifted)  # noqa: E731
         watch.until(online, "the drifted days reaching the online store", 600)
         shifted = instances(backends, drifted)
-        say(f"replaying traffic of the drifted days: {replay(base, shifted, 3 * traffic)} answered")
+        say(f"replaying traffic of the drifted days: {replay(base, shifted, 3 * checked)} answered")
+        # No traffic while the model retrains: the monitor would check each new batch again, a run per check,
+        # on the two cores the training needs.
         started = lambda: any(current(store, m).id != before[m] for m in before)  # noqa: E731
-        watch.until(started, "drift detected, a retrain, and a rollout of the new version", 900,
-                    between=lambda: replay(base, shifted, 50))
+        watch.until(started, "drift detected, a retrain, and a rollout of the new version", 900)
         model = next(m for m in before if current(store, m).id != before[m])
         finished = lambda: current(store, model).finished  # noqa: E731
         watch.until(finished, f"the {model} rollout deciding", 600, between=lambda: replay(base, shifted, 200))

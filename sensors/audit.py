@@ -43,6 +43,8 @@ def to_event(record: dg.EventLogRecord) -> Event:
                    "severity": evaluation.severity.value,  # type: ignore[union-attr]
                    "metadata": {k: _value(v) for k, v in evaluation.metadata.items() if k in _KEPT_METADATA}}  # type: ignore[union-attr]
     payload["run_id"] = record.run_id
+    # When it happened in Dagster: the trail records it a sensor tick later, after events written at the time.
+    payload["at"] = datetime.fromtimestamp(record.timestamp, UTC).isoformat()
     # Storage ids are per run on a SQLite instance (its event log is sharded by run): the run id makes keys unique.
     return Event(kind, f"asset:{asset}", payload, actor="dagster", key=f"dagster:{record.run_id}:{record.storage_id}")
 

@@ -24,7 +24,7 @@ CHAIN = ("training_set", "trained_model", "model_evaluation", "registered_model"
 def prediction_checks(lake: LakeResource, events: EventStoreResource, mlflow: MlflowResource, cursor: dict[str, int],
                       now: datetime) -> list[tuple[str, str, int]]:
     """(model, day, answered) for each model with a champion whose answers today grew by `min_rows` since the
-    last check (the cursor holds the count checked per model and day)."""
+    last check (the cursor holds the count checked per model and day), and past its served baseline."""
     from loopwise.monitoring.model import day_window
     from loopwise.registry import CHAMPION
     from loopwise.rollout.evidence import read_predictions
@@ -32,13 +32,15 @@ def prediction_checks(lake: LakeResource, events: EventStoreResource, mlflow: Ml
     settings = load_settings().monitoring
     day = now.date()
     since, until = day_window(day)
+    # A served reference is the champion's first `baseline_rows` answers: nothing to check before they are in.
+    first_check = settings.min_rows + (settings.baseline_rows if settings.reference == "served" else 0)
     due = []
     for spec in USE_CASE.models:
         if mlflow.registry(spec.name, events.store()).alias(CHAMPION) is None:
             continue
         rows = read_predictions(lake.lake(), spec.name, since, until)
         answered = int((rows["served"].fillna(True) & (rows["status"].fillna("ok") == "ok")).sum()) if len(rows) else 0
-        if answered - cursor.get(f"{spec.name}:{day}", 0) >= settings.min_rows:
+        if answered >= first_check and answered - cursor.get(f"{spec.name}:{day}", 0) >= settings.min_rows:
             due.append((spec.name, day.isoformat(), answered))
     return due
 
@@ -56,14 +58,17 @@ def prediction_monitor(context: dg.SensorEvaluationContext, lake: LakeResource, 
     due = prediction_checks(lake, events, mlflow, cursor, datetime.now(UTC))
     if not due:
         return dg.SkipReason("no model answered enough new predictions since its last check")
-    requests = []
+    # One run per day for every model due: each run is a process to start, on the cores that serve and train.
+    by_day: dict[str, list[tuple[str, int]]] = {}
     for model, day, answered in due:
-        spec = USE_CASE.model(model)
-        m = monitoring_keys(spec)
         cursor[f"{model}:{day}"] = answered
-        requests.append(dg.RunRequest(run_key=f"monitor:{model}:{day}:{answered}", partition_key=day,
-                                      asset_selection=[m["drift_report"], m["model_performance"]],
-                                      tags={"loopwise/monitoring": model}))
+        by_day.setdefault(day, []).append((model, answered))
+    requests = [dg.RunRequest(run_key=f"monitor:{day}:" + ",".join(f"{model}={n}" for model, n in models),
+                              partition_key=day,
+                              asset_selection=[monitoring_keys(USE_CASE.model(model))[asset] for model, _ in models
+                                               for asset in ("drift_report", "model_performance")],
+                              tags={"loopwise/monitoring": ",".join(model for model, _ in models)})
+                for day, models in by_day.items()]
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
 

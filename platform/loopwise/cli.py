@@ -181,8 +181,22 @@ def dagster_home(settings: Settings) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(DAGSTER_YAML)
     return home
+
+
+# A new instance's settings. The daemon evaluates sensors and automation in threads: one after another, a tick of
+# the closed loop's sensors waits on every other sensor's (measured in `loopwise loop`: a drift verdict took ~50 s
+# to become a retrain request under load).
+DAGSTER_YAML = """telemetry:
+  enabled: false
+sensors:
+  use_threads: true
+  num_workers: 4
+auto_materialize:
+  use_threads: true
+  num_workers: 2
+"""
 
 
 def _dagster_layer(module: str):  # type: ignore[no-untyped-def]
@@ -198,7 +212,9 @@ def loop(
     days: Annotated[int, typer.Option(help="normal days to land before the drifted one")] = 3,
     drift: Annotated[str, typer.Option(help="how the drifted day differs (see `loopwise land --help`)")] =
         "amounts=1.8",
-    traffic: Annotated[int, typer.Option(help="predictions replayed per model for the normal days")] = 400,
+    traffic: Annotated[int | None, typer.Option(help="predictions replayed per model for the normal days (default: "
+                                                     "the served baseline's rows and one drift check's)")] = None,
+    ui_port: Annotated[int, typer.Option(help="where the Dagster UI listens (the service: serving.port)")] = 3000,
 ) -> None:
     """The closed loop with Dagster's own daemon and the service: land normal days (automation carries them to a
     released champion), replay traffic, land a drifted day and replay it; drift is detected, the model retrains and
@@ -213,12 +229,12 @@ def loop(
     home = dagster_home(settings)
     os.environ["DAGSTER_HOME"] = str(home)
     for name, value in {"MLFLOW_LOGGING_LEVEL": "ERROR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RUST_LOG": "warn"}.items():
+                        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RUST_LOG": "error"}.items():
         os.environ.setdefault(name, value)
     typer.secho(f"profile {settings.profile}, use case {backends.use_case.name}, data under {settings.paths.root}",
                 bold=True)
     try:
-        loop_module.run_loop(settings, typer.echo, days, drift, traffic)
+        loop_module.run_loop(settings, typer.echo, days, drift, traffic, ui_port)
     except loop_module.LoopFailed as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None

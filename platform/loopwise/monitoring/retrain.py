@@ -67,13 +67,21 @@ def decide_retrain(store: EventStore, model: str, policy: RetrainPolicy, *, now:
         return RetrainDecision(model, "degradation", "; ".join(
             f"version {v['version']} AUC {v['auc']:.3f} vs {v['expected_auc']:.3f} evaluated, on {v['labelled']} labels"
             for v in worst) + f" ({latest.payload['partition']})", {"performance_seq": latest.seq, "versions": worst})
+    stale = staleness(policy, now=now, new_labelled_days=new_labelled_days, trained_at=trained_at)
+    return RetrainDecision(model, "stale", stale[0], stale[1]) if stale else None
+
+
+def staleness(policy: RetrainPolicy, *, now: datetime, new_labelled_days: int,
+              trained_at: datetime | None) -> tuple[str, dict[str, Any]] | None:
+    """Why a training set is stale (reason, evidence), or None: enough newly labelled days landed since it was
+    built, or it is older than the profile's maximum age. The retrain decision and the training set's freshness
+    check in Dagster both ask this, so the UI shows what triggers a retrain."""
     if new_labelled_days >= policy.stale_after_days:
-        return RetrainDecision(model, "stale", f"{new_labelled_days} newly labelled days since the training set was "
-                               f"built (limit {policy.stale_after_days})", {"new_labelled_days": new_labelled_days})
+        return (f"{new_labelled_days} newly labelled days since the training set was built "
+                f"(limit {policy.stale_after_days})", {"new_labelled_days": new_labelled_days})
     if trained_at is not None and (now - trained_at).total_seconds() > policy.max_age_days * 86400:
         age = (now - trained_at).total_seconds() / 86400
-        return RetrainDecision(model, "stale", f"the training set is {age:.1f} days old (limit {policy.max_age_days})",
-                               {"age_days": round(age, 2)})
+        return f"the training set is {age:.1f} days old (limit {policy.max_age_days})", {"age_days": round(age, 2)}
     return None
 
 
