@@ -52,15 +52,25 @@ def _upstream(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, 
     return {**metadata, "run_id": event.run_id}
 
 
+FRESH_FOR_TRAINING = "fresh_for_training"
+FRESH_DESCRIPTION = ("Fails, with the reason, when the retraining sensor finds the training set stale: "
+                     "monitoring.stale_after_days newly labelled days landed since it was built, or it is older than "
+                     "monitoring.max_age_days. Passes when it is built.")
+
+
 def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     """The four assets of one declared model."""
     k = keys(spec)
     group = spec.slug
 
-    # Dagster's freshness state shows what the retraining sensor acts on: a training set older than the max age.
+    # Dagster's freshness state shows what the retraining sensor acts on: a training set older than the max age
+    # (the freshness policy), or with enough newly labelled days landed since it was built (FRESH_FOR_TRAINING,
+    # passed when built; the retraining sensor reports it failed, with the reason it retrains on).
     @dg.asset(key=k["training_set"], group_name=group, kinds={"delta", "feast"},
               freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=_monitoring.max_age_days)),
               deps=[*(f"silver_{s}" for s in spec.reads), *(t.name for t in USE_CASE.feature_tables), "feast_registry"],
+              check_specs=[dg.AssetCheckSpec(FRESH_FOR_TRAINING, asset=k["training_set"], blocking=False,
+                                             description=FRESH_DESCRIPTION)],
               description=f"{spec.name}: its labelled rows joined, as of each row's time, with the feature service "
                           f"{spec.feature_service} through Feast's get_historical_features.")
     def training_set(spark: SparkResource, lake: LakeResource, feast: FeatureStoreResource) -> dg.MaterializeResult:
@@ -72,7 +82,10 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "label_rate": round(result.label_rate, 4),
             "positives": result.positives,
             "feature_service": result.service,
-        })
+        }, check_results=[dg.AssetCheckResult(check_name=FRESH_FOR_TRAINING, passed=True,
+                                              severity=dg.AssetCheckSeverity.WARN,
+                                              description="built now: no labelled day landed since",
+                                              metadata={"new_labelled_days": 0, "age_days": 0.0})])
 
     @dg.asset(key=k["trained_model"], deps=[k["training_set"]], group_name=group, kinds={"pytorch", "mlflow"},
               op_tags=TRAINING_POD,

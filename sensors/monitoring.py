@@ -109,6 +109,45 @@ def ready_for_first_training(lake: LakeResource, spec_name: str) -> str | None:
     return f"outcomes and features landed through {last}; the model was never trained"
 
 
+def training_staleness(instance: dg.DagsterInstance, lake: LakeResource, spec_name: str,
+                       now: datetime) -> tuple[str, dict] | None | bool:
+    """Why the model's training set is stale (reason, evidence), None when it is not, False when none was built."""
+    from loopwise.monitoring.retrain import RetrainPolicy, staleness
+
+    built = instance.get_latest_materialization_event(keys(USE_CASE.model(spec_name))["training_set"])
+    if built is None:
+        return False
+    settings = load_settings().monitoring
+    policy = RetrainPolicy(settings.retrain_cooldown_seconds, settings.stale_after_days, settings.max_age_days)
+    return staleness(policy, now=now, new_labelled_days=new_labelled_days(lake, spec_name),
+                     trained_at=datetime.fromtimestamp(built.timestamp, UTC))
+
+
+def report_training_freshness(context: dg.SensorEvaluationContext, lake: LakeResource,
+                              now: datetime) -> list[dg.AssetCheckEvaluation]:
+    """Each training set's `fresh_for_training` check, reported to the instance when what the retrain decision
+    sees changes (stale, or fresh again by configuration): the UI shows the reason a staleness retrain acts on."""
+    import json
+
+    from assets.models import FRESH_FOR_TRAINING
+
+    seen = json.loads(context.cursor) if context.cursor else {}
+    reported = []
+    for spec in USE_CASE.models:
+        stale = training_staleness(context.instance, lake, spec.name, now)
+        if stale is False or seen.get(spec.name, "") == (stale[0] if stale else ""):
+            continue
+        seen[spec.name] = stale[0] if stale else ""
+        evaluation = dg.AssetCheckEvaluation(
+            asset_key=keys(spec)["training_set"], check_name=FRESH_FOR_TRAINING, passed=stale is None,
+            severity=dg.AssetCheckSeverity.WARN, description=stale[0] if stale else "fresh for training",
+            metadata={k: float(v) for k, v in (stale[1] if stale else {}).items()})
+        context.instance.report_runless_asset_event(evaluation)
+        reported.append(evaluation)
+    context.update_cursor(json.dumps(seen))
+    return reported
+
+
 def retrain_requests(context: dg.SensorEvaluationContext, lake: LakeResource, events: EventStoreResource,
                      now: datetime) -> list[dg.RunRequest]:
     """A run of the model's chain for each model the evidence says should retrain, each recorded with why."""
@@ -153,7 +192,9 @@ def retrain_requests(context: dg.SensorEvaluationContext, lake: LakeResource, ev
                        "under a cool-down; each decision is an audit event with its evidence and run.")
 def model_retraining(context: dg.SensorEvaluationContext, lake: LakeResource,
                      events: EventStoreResource) -> dg.SensorResult | dg.SkipReason:
-    requests = retrain_requests(context, lake, events, datetime.now(UTC))
+    now = datetime.now(UTC)
+    report_training_freshness(context, lake, now)
+    requests = retrain_requests(context, lake, events, now)
     if not requests:
         return dg.SkipReason("no drift, degradation or staleness calls for a retrain (or the cool-down holds)")
     return dg.SensorResult(run_requests=requests)

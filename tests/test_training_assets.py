@@ -172,3 +172,47 @@ def test_the_dev_training_pod_asks_for_no_gpu() -> None:
         pod = _pod_for_run(instance.get_run_by_id(run.run_id))
     assert pod.priority_class_name == "loopwise-dev" and "nvidia.com/gpu" not in (pod.containers[0].resources.limits or {})
     assert k8s_tags(0, "8Gi", "loopwise-dev")["dagster-k8s/config"]["container_config"]["resources"]["limits"] == {"memory": "8Gi"}
+
+
+def test_the_training_sets_freshness_check_fails_with_the_reason_a_staleness_retrain_acts_on(
+        built: Built, monkeypatch, tmp_path) -> None:
+    """Dagster's UI shows on each training set what a staleness retrain acts on: `fresh_for_training` passes when
+    the set is built; the retraining sensor reports it failed, with the decision's own reason, once it is stale, and
+    passed again when it is not; a state is reported once, not every tick."""
+    from datetime import UTC, datetime
+
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+    from loopwise.monitoring.retrain import RetrainPolicy, decide_retrain
+
+    from assets.models import FRESH_FOR_TRAINING
+    from sensors.monitoring import new_labelled_days, report_training_freshness
+
+    checks = {spec.name: dg.AssetCheckKey(keys(spec)["training_set"], FRESH_FOR_TRAINING) for spec in USE_CASE.models}
+
+    def latest(model: str):  # type: ignore[no-untyped-def]
+        return built.instance.event_log_storage.get_latest_asset_check_execution_by_key(  # type: ignore[attr-defined]
+            [checks[model]])[checks[model]]
+
+    assert {latest(m).status for m in checks} == {Status.SUCCEEDED}  # passed when the training set was built
+    for name, value in built.env.items():
+        monkeypatch.setenv(name, value)
+    resources = build_resources(built.settings, USE_CASE)
+    context = dg.build_sensor_context(instance=built.instance)
+    monkeypatch.setenv("LOOPWISE__MONITORING__MAX_AGE_DAYS", "0.000001")  # every training set is now too old
+    now = datetime.now(UTC)
+    reported = report_training_freshness(context, resources["lake"], now)
+    assert {e.check_name for e in reported} == {FRESH_FOR_TRAINING} and len(reported) == len(checks)
+    for spec in USE_CASE.models:
+        record = latest(spec.name)
+        assert record.status == Status.FAILED
+        built_at = built.instance.get_latest_materialization_event(keys(spec)["training_set"]).timestamp
+        decision = decide_retrain(open_store(f"sqlite:///{tmp_path / spec.slug}.db"), spec.name,
+                                  RetrainPolicy(0, 7, 0.000001), now=now,
+                                  new_labelled_days=new_labelled_days(resources["lake"], spec.name),
+                                  trained_at=datetime.fromtimestamp(built_at, UTC))
+        assert decision is not None and decision.cause == "stale"
+        assert record.event.dagster_event.event_specific_data.description == decision.reason
+    assert report_training_freshness(context, resources["lake"], now) == []  # unchanged: nothing reported again
+    monkeypatch.delenv("LOOPWISE__MONITORING__MAX_AGE_DAYS")
+    assert len(report_training_freshness(context, resources["lake"], datetime.now(UTC))) == len(checks)
+    assert {latest(m).status for m in checks} == {Status.SUCCEEDED}

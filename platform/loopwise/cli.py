@@ -186,8 +186,9 @@ def dagster_home(settings: Settings) -> Path:
 
 
 # A new instance's settings. The daemon evaluates sensors and automation in threads: one after another, a tick of
-# the closed loop's sensors waits on every other sensor's (measured in `loopwise loop`: a drift verdict took ~50 s
-# to become a retrain request under load).
+# the closed loop's sensors waits on every other sensor's. Trainings queue one at a time: two at once on two cores
+# oversubscribe PyTorch's threads (measured in `loopwise loop`: the tabular model's training took 150 s beside the
+# text model's, 37 s alone).
 DAGSTER_YAML = """telemetry:
   enabled: false
 sensors:
@@ -196,6 +197,13 @@ sensors:
 auto_materialize:
   use_threads: true
   num_workers: 2
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    tag_concurrency_limits:
+      - key: loopwise/retrain
+        limit: 1
 """
 
 
