@@ -115,6 +115,18 @@ def serve(data_dir: Path, server: Server, log: Path) -> tuple[subprocess.Popen, 
     raise SystemExit(f"{server.label}: loopwise serve did not become ready:\n{log.read_text()[-3000:]}")
 
 
+def ensure_platform(data_dir: Path) -> None:
+    """A data root where `loopwise demo` ran on the dev profile; built there first when it holds none (minutes)."""
+    if (data_dir / "mlflow").is_dir():
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_CONNECT", "LOOPWISE", "MLFLOW_"))}
+    env.update(LOOPWISE_DATA_DIR=str(data_dir))
+    print(f"{data_dir} holds no platform: building one with `loopwise demo` (dev profile, a few minutes)...", flush=True)
+    done = subprocess.run([str(BIN / "loopwise"), "demo"], env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"loopwise demo failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -236,13 +248,15 @@ def median_round(rounds: list[Round]) -> Round:
                  median("cpu_ms_per_request"), median("others"))
 
 
-def entry(args: argparse.Namespace, results: dict[str, Round], agreed: dict, loopwise: str) -> list[str]:
+def entry(args: argparse.Namespace, results: dict[str, Round], agreed: dict, loopwise: str,
+          load: tuple[str, str]) -> list[str]:
     from common import machine
 
     peer, ours = results[PEER], results[loopwise]
     ratio = ours.rps / peer.rps
     met = ratio >= 3 and ours.p99_ms <= peer.p99_ms
-    lines = [f"Machine: {machine()}. Model `{args.model}` version {agreed['version']} (MiniLM + features) from a "
+    lines = [f"Machine: {machine()}. Load average at the start {load[0]}, at the end {load[1]}. "
+             f"Model `{args.model}` version {agreed['version']} (MiniLM + features) from a "
              f"`loopwise demo` data root, one instance per request, prediction log on, 1 server worker each; wrk -t1 "
              f"-c{args.connections} on loopback, {args.rounds} rounds of {args.duration} s alternating between the "
              "servers (all up at once), after a 3 s warm-up each; medians of the rounds. CPU per request is the "
@@ -278,7 +292,8 @@ def entry(args: argparse.Namespace, results: dict[str, Round], agreed: dict, loo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".loopwise", help="a data root where `loopwise demo` ran")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".loopwise",
+                        help="a data root where `loopwise demo` ran (built there first when it holds none)")
     parser.add_argument("--model", default="ticket-escalation", help="the model to call (default: the text model)")
     parser.add_argument("--runtime", default="onnx-int8", choices=["onnx", "onnx-int8"], help="Loopwise's runtime")
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per round and server")
@@ -289,7 +304,11 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     data_dir = args.data_dir.resolve()
+    ensure_platform(data_dir)
     loopwise = f"Loopwise: micro-batching, {args.runtime}"
+    from common import load_average
+
+    load_before = load_average()
     servers = [Server(PEER, False, "torch"), Server(loopwise, True, args.runtime),
                Server("micro-batching, torch fp32", True, "torch"), Server(f"one request per scoring, {args.runtime}",
                                                                            False, args.runtime)]
@@ -326,7 +345,7 @@ def main() -> None:
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
     results = {label: median_round(r) for label, r in rounds.items()}
-    lines = entry(args, results, agreed, loopwise)
+    lines = entry(args, results, agreed, loopwise, (load_before, load_average()))
     print("\n".join(lines))
     if not args.no_record:
         from common import RESULTS, commit

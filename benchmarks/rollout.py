@@ -321,6 +321,9 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     from serving import build_platform
 
+    if args.data_dir and not (args.data_dir / "mlflow").is_dir():
+        print(f"{args.data_dir} holds no platform (no mlflow/): building one instead", flush=True)
+        args.data_dir = None
     work = Path(tempfile.mkdtemp(prefix="loopwise-rollout-"))
     try:
         data = copy_platform(args.data_dir.resolve(), work) if args.data_dir else build_platform(work)

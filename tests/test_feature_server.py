@@ -227,6 +227,27 @@ def test_statuses_present_not_found_null_and_outside_max_age(served: Server, cus
         assert column["values"] == fresh[name]["values"], name  # an old value is still returned, marked
 
 
+@pytest.mark.parametrize("service", ["refund_v1", "escalation_v1"])
+def test_the_in_process_read_gives_what_feasts_sdk_gives(store: Any, customers: list[str], service: str) -> None:
+    """The predict routes read a micro-batch's features through the same fast read: values and statuses (present,
+    missing, stale) exactly as `online_features` reads them through Feast's SDK, an unknown entity included."""
+    import asyncio
+
+    from loopwise.features.retrieval import Status, online_features
+    from loopwise.serving.feature_server import OnlineReader
+
+    reader = OnlineReader(lambda: store)
+    rows = [{"customer_id": c} for c in customers]
+    for stale_after in (NOT_STALE, STRICT):
+        fast = asyncio.run(reader.entity_features(service, rows, stale_after))
+        sdk = online_features(store, service, rows, stale_after)
+        assert [(f.key, f.values) for f in fast] == [(f.key, f.values) for f in sdk]
+        unknown = fast[customers.index("C999999")]
+        assert {v.status for v in unknown.values.values()} == {Status.MISSING}
+        statuses = {v.status for f in fast for v in f.values.values()}
+        assert Status.STALE in statuses if stale_after == STRICT else Status.PRESENT in statuses
+
+
 def test_stored_nulls_are_null_value(served: Server, built: Any) -> None:
     import sqlite3
 
@@ -510,6 +531,10 @@ def test_stored_values_decode_as_feasts_server_writes_them() -> None:
     for value in values:
         expected = _value_to_native(value)
         assert decode_value(value.SerializeToString()) == expected, value  # NaN and infinities as strings
+        kind = value.WhichOneof("val")
+        sdk = getattr(value, kind) if kind and kind != "null_val" else None  # as Feast's SDK response holds it
+        native = decode_value(value.SerializeToString(), json_safe=False)
+        assert repr(native) == repr(sdk), value  # NaN stays a float (repr: nan == nan is False)
 
 
 @pytest.mark.parametrize(("join_keys", "types", "row"), [

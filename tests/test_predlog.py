@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import zlib
 import os
 import random
 import signal
@@ -18,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 

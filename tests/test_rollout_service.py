@@ -241,7 +241,10 @@ def test_shadow_changes_no_answer_and_logs_both_scores(platform: Platform) -> No
             break
         time.sleep(0.3)
     assert len(shadows) == len(ids)
-    assert all(abs(shadows[i]["score"] - ids[i]) < 1e-9 for i in ids)  # the same model behind both arms
+    # The same model behind both arms: the same score, up to float32 rounding (each arm scores in micro-batches
+    # of its own, and a row's float32 sums move in the last bit with the rows beside it).
+    gaps = sorted(abs(shadows[i]["score"] - ids[i]) for i in ids)
+    assert gaps[-1] < 1e-6, gaps[-5:]
     # A person ends it from the CLI (operator: the key), recorded with who and why.
     cli = Path(__import__("sys").executable).with_name("loopwise")
     done = subprocess.run([str(cli), "rollout", "abort", MODEL, "--reason", "shadow checked"], capture_output=True,

@@ -194,3 +194,92 @@ def test_the_prediction_log_holds_exactly_the_answers_given_across_a_kill_and_a_
     # (the kill fell between the log's fsync and the response), at most 4 clients x 2 instances.
     unanswered = set(logged) - set(answered)
     assert len(unanswered) <= 8, unanswered
+
+
+def test_a_micro_batch_reads_features_once_and_scores_each_instance_as_alone(built: Built) -> None:
+    """Requests queued together (known and unknown customers) share one feature read and one scoring; each gets
+    its own entity's features and statuses, exactly as Feast's SDK reads them, and the score it gets alone."""
+    import asyncio
+    from datetime import timedelta
+
+    from loopwise.backends import Backends
+    from loopwise.features.retrieval import Status, online_features
+    from loopwise.serving.feature_server import OnlineReader
+    from loopwise.serving.models import Batcher, join_keys_of, load_version, resolve_version
+
+    spec = USE_CASE.models[1]  # the tabular model
+    backends = Backends(built.settings)
+    store = backends.feature_store()
+    keys = join_keys_of(store, spec.feature_service)
+    loaded = load_version(built.settings.tracking_uri, spec, resolve_version(built.settings.tracking_uri, spec)[0],
+                          "champion", keys)
+    stale_after = timedelta(hours=built.settings.features.stale_after_hours)
+    known = instances(built)[spec.name]
+    batch = [known[0], {**known[1], "customer_id": "C-NOBODY"}, known[2], known[0]]
+    reader, reads, scorings = OnlineReader(lambda: store), [], []
+
+    async def read(rows: list[dict]) -> list:
+        reads.append(len(rows))
+        return await reader.entity_features(spec.feature_service, rows, stale_after)
+
+    def score(instances: list[dict], features: list) -> object:
+        scorings.append(len(instances))
+        return loaded.score_instances(instances, features)
+
+    async def queue_together() -> list:
+        batcher = Batcher(score, read, keys, max_rows=64, wait_ms=200)
+        return await asyncio.gather(*(batcher.submit([instance]) for instance in batch))
+
+    answers = asyncio.run(queue_together())
+    assert reads == [len(batch)] and scorings == [len(batch)]
+    for instance, answer in zip(batch, answers, strict=True):
+        alone = online_features(store, spec.feature_service, [{k: instance[k] for k in keys}], stale_after)
+        assert answer.error is None and answer.features[0].values == alone[0].values
+        assert answer.scores[0] == pytest.approx(loaded.score_instances([instance], alone)[0], abs=1e-6)
+    assert {v.status for v in answers[1].features[0].values.values()} == {Status.MISSING}
+    assert Status.MISSING not in {v.status for v in answers[0].features[0].values.values()}
+
+
+def test_micro_batches_of_a_version_score_in_as_many_slots_as_it_has(tmp_path: Path) -> None:
+    """With two slots, a micro-batch forms and scores while another is scoring (an ONNX runtime's one thread
+    leaves the other core free); with one, requests queue until the scoring ends. Each gets its own score."""
+    import asyncio
+
+    from loopwise.features.retrieval import EntityFeatures
+    from loopwise.serving.models import Batcher, scoring_slots
+    from loopwise.training import runtime
+
+    scoring, peak = [0], [0]
+
+    def score(instances: list[dict], features: list) -> object:
+        import numpy as np
+
+        scoring[0] += 1
+        peak[0] = max(peak[0], scoring[0])
+        time.sleep(0.2)
+        scoring[0] -= 1
+        return np.array([i["n"] for i in instances], dtype=float)
+
+    async def read(rows: list[dict]) -> list:
+        return [EntityFeatures(dict(r), {}) for r in rows]
+
+    async def staggered(slots: int) -> list:
+        batcher = Batcher(score, read, ["n"], max_rows=64, wait_ms=1, slots=slots)
+
+        async def one(n: int) -> float:
+            await asyncio.sleep(n * 0.05)
+            return float((await batcher.submit([{"n": n}])).scores[0])
+        return await asyncio.gather(*(one(n) for n in range(4)))
+
+    for slots in (1, 2):
+        peak[0] = 0
+        assert asyncio.run(staggered(slots)) == [0.0, 1.0, 2.0, 3.0]
+        assert peak[0] == slots
+    cores = len(os.sched_getaffinity(0))
+    try:
+        runtime.use_scoring_runtime("onnx-int8", tmp_path)
+        assert scoring_slots(True, 1) == cores and scoring_slots(False, 1) == 1
+        runtime.use_scoring_runtime("torch")
+        assert scoring_slots(True, 1) == 1  # PyTorch spreads one scoring over every core
+    finally:
+        runtime.use_scoring_runtime("torch")

@@ -22,6 +22,9 @@ Statuses: `PRESENT` and `NOT_FOUND` as Feast; `NULL_VALUE` for a stored null (Fe
 `OUTSIDE_MAX_AGE` for a value whose event time is older than `stale_after` (the value is still returned, as Feast
 does for precomputed vectors past their TTL). Values and event times are Feast's.
 
+The predict routes read through the same path in-process (`OnlineReader.entity_features`: a micro-batch's
+entities at once, values and statuses as `loopwise.features.retrieval` gives them through Feast's SDK).
+
 Each process keeps its own caches (the store, the resolved requests, a read-only SQLite connection), built on
 first use and rebuilt after a fork: nothing needs to be shared between uvicorn workers.
 """
@@ -110,8 +113,10 @@ def _varint(data: bytes, start: int) -> tuple[int, int] | None:
 _INT_TAGS = {0x20: 64, 0x18: 32}  # int64_val, int32_val
 
 
-def decode_value(data: bytes) -> Any:
-    """A stored ValueProto as Feast's server writes it into JSON (`feast.feature_server_utils._value_to_native`).
+def decode_value(data: bytes, json_safe: bool = True) -> Any:
+    """A stored ValueProto as Feast's server writes it into JSON (`feast.feature_server_utils._value_to_native`),
+    or with `json_safe=False` as Feast's SDK gives it in-process (`getattr(value, kind)`: NaN and infinities stay
+    floats; what is not a scalar stays protobuf's), which is what a model is scored on.
 
     Scalars (double, float, int64, int32, bool, string, null) are read straight from the wire format (4x faster
     than parsing the proto); anything else, or bytes that are not exactly one such field, goes through protobuf.
@@ -123,7 +128,7 @@ def decode_value(data: bytes) -> Any:
     if tag == 0x29:  # double_val
         if size == 9:
             value = _DOUBLE.unpack_from(data, 1)[0]
-            return value if value - value == 0 else _finite(value)  # inf - inf and nan - nan are nan
+            return value if value - value == 0 or not json_safe else _finite(value)  # inf - inf and nan - nan: nan
     elif tag in _INT_TAGS:
         if size == 2 and data[1] < 0x80:  # 0..127: most counts
             return data[1]
@@ -141,8 +146,9 @@ def decode_value(data: bytes) -> Any:
         if size == 2 and data[1] < 0x80:
             return data[1] != 0
     elif tag == 0x35 and size == 5:  # float_val
-        return _finite(_FLOAT.unpack_from(data, 1)[0])
-    return _proto_value(data)
+        value = _FLOAT.unpack_from(data, 1)[0]
+        return _finite(value) if json_safe else value
+    return _proto_value(data) if json_safe else _proto_native(data)
 
 
 def _proto_value(data: bytes) -> Any:
@@ -150,6 +156,22 @@ def _proto_value(data: bytes) -> Any:
     from feast.protos.feast.types.Value_pb2 import Value
 
     return _value_to_native(Value.FromString(data))
+
+
+def _proto_native(data: bytes) -> Any:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return _native(Value.FromString(data))
+
+
+def _native(value: Any) -> Any:
+    """A ValueProto's value as Feast's SDK response holds it (`loopwise.features.retrieval` reads it so)."""
+    kind = value.WhichOneof("val")
+    return getattr(value, kind) if kind and kind != "null_val" else None
+
+
+def _native_value(data: bytes) -> Any:
+    return decode_value(data, False)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -555,8 +577,10 @@ def _read_sqlite(state: _State, reads: tuple[_ViewRead, ...], keys: list[list[by
     return found
 
 
-def _read_store(state: _State, read: _ViewRead, keys: list[bytes]) -> dict[bytes, tuple[int, str, dict[str, Any]]]:
-    """Any other online store (Redis in prod) through its own `online_read`, with the cached resolution."""
+def _read_store(state: _State, read: _ViewRead, keys: list[bytes],
+                native: bool = False) -> dict[bytes, tuple[int, str, dict[str, Any]]]:
+    """Any other online store (Redis in prod) through its own `online_read`, with the cached resolution; values as
+    Feast's server writes them into JSON, or (`native`) as its SDK gives them in-process."""
     from feast.feature_server_utils import _value_to_native
     from feast.infra.key_encoding_utils import deserialize_entity_key
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -577,9 +601,24 @@ def _read_store(state: _State, read: _ViewRead, keys: list[bytes]) -> dict[bytes
             # Redis answers an unknown entity with empty values and no event time (Feast reports them PRESENT):
             # nothing is stored for it, so it is NOT_FOUND, as the SQLite store says.
             continue
+        convert = _native if native else _value_to_native
         out[key] = (stamp.seconds, _time_text(stamp.seconds, stamp.nanos),
-                    {name: _value_to_native(v) for name, v in values.items()})
+                    {name: convert(v) for name, v in values.items()})
     return out
+
+
+_Found = list[dict[bytes, tuple[int, str, Any]]]  # per view of a plan: entity key -> (event seconds, text, values)
+
+
+def _read_direct(state: _State, plan: _Plan, keys: list[list[bytes]], native: bool = False) -> tuple[_Found, Any]:
+    """What the store holds for the entity keys of a direct plan, per view, and how to decode one stored value.
+    SQLite is read here, on the caller's thread (the event loop: ~0.1 ms); any other store through `_read_store`."""
+    if state.sqlite_path is not None:
+        stamp = _sqlite_time
+        found = [{k: (*stamp(ts), values) for k, (ts, values) in stored.items()}
+                 for stored in _read_sqlite(state, plan.reads, keys)]
+        return found, _native_value if native else decode_value
+    return [_read_store(state, read, k, native) for read, k in zip(plan.reads, keys, strict=True)], _identity
 
 
 def _columns_of(read: _ViewRead, entries: list[tuple[int, str, dict[str, Any]] | None], decode: Callable[[Any], Any],
@@ -636,14 +675,9 @@ async def _online_features(state: _State, data: dict[str, Any], stale_after: tim
 
     keys = [_keys(read, columns, rows) for read in plan.reads]
     if state.sqlite_path is not None:
-        stamp = _sqlite_time
-        decode: Callable[[Any], Any] = decode_value
-        found = []
-        for stored in _read_sqlite(state, plan.reads, keys):
-            found.append({k: (*stamp(ts), values) for k, (ts, values) in stored.items()})
+        found, decode = _read_direct(state, plan, keys)
     else:
-        decode = _identity
-        found = [await run_in_threadpool(_read_store, state, read, k) for read, k in zip(plan.reads, keys, strict=True)]
+        found, decode = await run_in_threadpool(_read_direct, state, plan, keys)
     names = list(columns)
     results = [{"values": values, "statuses": (PRESENT,) * rows, "event_timestamps": (EPOCH,) * rows}
                for values in columns.values()]
@@ -683,6 +717,62 @@ async def _through_feast(state: _State, plan: _Plan, entities: dict[str, list[An
                 result["statuses"][i] = (OUTSIDE_MAX_AGE if 0 < seconds < oldest
                                          else NULL_VALUE if value is None else PRESENT)
     return _respond(payload)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In-process reads: the same path for a model's features (the predict route reads a micro-batch at once)
+
+
+# Feast's statuses as `loopwise.features.retrieval` reports them from Feast's SDK: a stored null is present (Feast's
+# SDK says PRESENT) with no value; an absent feature is missing; an old value is stale and kept.
+_SERVING_STATUS = {PRESENT: "present", NULL_VALUE: "present", OUTSIDE_MAX_AGE: "stale", NOT_FOUND: "missing"}
+
+
+class OnlineReader:
+    """The fast online read of one store, for this process (a forked worker builds its own state): shared by the
+    `/get-online-features` route and the predict routes, so that there is one implementation of the read."""
+
+    def __init__(self, store: Callable[[], FeatureStore]) -> None:
+        self._store = store
+        self._current: dict[int, _State] = {}
+
+    def state(self) -> _State:
+        pid = os.getpid()
+        found = self._current.get(pid)
+        if found is None:
+            self._current.clear()
+            found = self._current[pid] = _state_for(self._store())
+        return found
+
+    async def entity_features(self, service: str, rows: list[dict[str, Any]],
+                              stale_after: timedelta) -> list[Any]:
+        """A feature service's values for many entities (their join keys) in one read, as `EntityFeatures` with
+        exactly the values and statuses `loopwise.features.retrieval.online_features` gives through Feast's SDK."""
+        from loopwise.features.retrieval import EntityFeatures, FeatureValue, Status, online_features
+
+        if not rows:
+            return []
+        state = self.state()
+        state.fresh()
+        plan = state.plan(service, [], False)
+        if not plan.direct:
+            return await asyncio.to_thread(online_features, state.store, service, rows, stale_after)
+        columns = _entity_columns(plan, {k: [row[k] for row in rows] for k in rows[0]})
+        keys = [_keys(read, columns, len(rows)) for read in plan.reads]
+        oldest = time.time() - stale_after.total_seconds()
+        if state.sqlite_path is not None:
+            found, decode = _read_direct(state, plan, keys, native=True)
+        else:
+            found, decode = await asyncio.to_thread(_read_direct, state, plan, keys, True)
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        statuses = {name: Status(value) for name, value in _SERVING_STATUS.items()}
+        for read, view_keys, view_found in zip(plan.reads, keys, found, strict=True):
+            get = view_found.get
+            values, states, _ = _columns_of(read, [get(k) for k in view_keys], decode, oldest)
+            for name, column, status_column in zip(read.names, values, states, strict=True):
+                for features, value, status in zip(out, column, status_column, strict=True):
+                    features[name] = FeatureValue(value, statuses[status])
+        return [EntityFeatures(dict(row), features) for row, features in zip(rows, out, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -836,24 +926,17 @@ def _warm(state: Callable[[], _State]) -> None:
     gc.freeze()
 
 
-def feature_router(store: Callable[[], FeatureStore], stale_after: timedelta, *,
+def feature_router(store: Callable[[], FeatureStore] | OnlineReader, stale_after: timedelta, *,
                    write_dependencies: Sequence[Any] = ()) -> APIRouter:
     """Feast's feature-server endpoints over `store()`, called once per process (at startup, by the router's
-    lifespan, or on the first request). A value older than `stale_after` is answered with status OUTSIDE_MAX_AGE.
+    lifespan, or on the first request), or over an `OnlineReader` the app also reads with. A value older than
+    `stale_after` is answered with status OUTSIDE_MAX_AGE.
 
     Include it in any FastAPI app (`app.include_router(feature_router(...))`); dependencies given to
     `include_router` (access control) run for every endpoint, and `write_dependencies` (e.g. an operator role)
     for `/push` and `/write-to-online-store` only.
     """
-    current: dict[int, _State] = {}  # by process id: a forked worker builds its own
-
-    def state() -> _State:
-        pid = os.getpid()
-        found = current.get(pid)
-        if found is None:
-            current.clear()
-            found = current[pid] = _state_for(store())
-        return found
+    state = (store if isinstance(store, OnlineReader) else OnlineReader(store)).state
 
     @asynccontextmanager
     async def warm(app: Any) -> AsyncIterator[None]:
