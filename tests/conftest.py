@@ -32,8 +32,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_UNTRACKED] = _untracked_files()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The closed loop's end-to-end test runs `loopwise loop` beside the rest of the suite (it mostly waits on the
+    Dagster daemon's ticks): started now, asserted last."""
+    loops = [item for item in session.items if item.nodeid.startswith("tests/test_loop.py")]
+    if loops and not session.config.option.collectonly:
+        from tests.test_loop import RUN, LoopRun
+
+        session.items[:] = [item for item in session.items if item not in loops] + loops
+        session.config.stash[RUN] = LoopRun.start()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when anything wrote into the source tree: the platform writes under its data root only."""
+    from tests.test_loop import RUN
+
+    if (loop := session.config.stash.get(RUN, None)) is not None:
+        loop.stop()  # a run stopped before its test (-x, ^C) leaves no daemon behind
     written = sorted(_untracked_files() - session.config.stash.get(_UNTRACKED, set()))
     if written:
         print(f"\nFAILED: the tests wrote into the source tree (everything belongs under the data root): {written}")

@@ -2,18 +2,26 @@
 
 Real processes on loopback, nothing started by hand: `dg dev` (Dagster's webserver and daemon, which run the
 landing sensor, the automation conditions, the prediction monitor, the retraining sensor and the canary analysis)
-and `loopwise serve`. The loop itself only lands files and sends traffic. The slowest test of the suite, so the
-closed loop's one end-to-end path: every stage is asserted here, from the audit trail, in the order it happened.
+and `loopwise serve`. The loop itself only lands files and sends traffic. It is the closed loop's one end-to-end
+path, and the slowest: it mostly waits on the daemon's ticks, so `tests/conftest.py` starts it when collection
+ends, beside the rest of the suite, and runs this test last, to assert from the audit trail every stage in the
+order it happened.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from loopwise.backends import Backends
 from loopwise.config import load_settings
 from loopwise.events.store import Record
@@ -22,9 +30,48 @@ from tests.services import child_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+LIMIT_SECONDS = 1500
 # What a training set is built from (the online store serves; training reads the offline tables).
 TRAINING_PATH = ["raw_tickets", "raw_orders", "raw_ticket_outcomes", "silver_tickets", "silver_orders",
                  "silver_ticket_outcomes", "features_customer_orders", "features_customer_support"]
+RUN = pytest.StashKey["LoopRun"]()
+
+
+@dataclass
+class LoopRun:
+    """`loopwise loop` running in the background, in its own data root, on free ports."""
+
+    proc: subprocess.Popen
+    env: dict[str, str]
+    root: Path
+    started: float
+
+    @classmethod
+    def start(cls) -> LoopRun:
+        root = Path(tempfile.mkdtemp(prefix="loopwise-loop-"))
+        env = child_env(LOOPWISE_PROFILE="dev", LOOPWISE_DATA_DIR=str(root / "data"),
+                        DAGSTER_HOME=str(root / "dagster"), LOOPWISE__SERVING__PORT=str(free_port()))
+        env = {k: v for k, v in env.items() if not k.startswith("LOOPWISE__") or k == "LOOPWISE__SERVING__PORT"}
+        proc = subprocess.Popen([str(BIN / "loopwise"), "loop", "--ui-port", str(free_port())], cwd=ROOT, env=env,
+                                stdout=(root / "stdout").open("w"), stderr=(root / "stderr").open("w"),
+                                start_new_session=True)
+        return cls(proc, env, root, time.monotonic())
+
+    def finish(self) -> tuple[int, str, str]:
+        try:
+            self.proc.wait(timeout=max(1.0, LIMIT_SECONDS - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.stop()
+        return self.proc.returncode, (self.root / "stdout").read_text(), (self.root / "stderr").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def at(record: Record) -> datetime:
@@ -39,14 +86,13 @@ def first(records: list[Record], after: int, what: str, match) -> Record:  # typ
     raise AssertionError(f"after seq {after}: no {what}")
 
 
-def test_the_loop_trains_serves_finds_drift_retrains_and_rolls_out_with_no_manual_step(tmp_path: Path) -> None:
-    env = child_env(LOOPWISE_PROFILE="dev", LOOPWISE_DATA_DIR=str(tmp_path / "data"),
-                    DAGSTER_HOME=str(tmp_path / "dagster"), LOOPWISE__SERVING__PORT=str(free_port()))
-    done = subprocess.run([str(BIN / "loopwise"), "loop", "--ui-port", str(free_port())], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1500)
-    out = done.stdout
-    assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
-    assert "Traceback" not in out + done.stderr
+def test_the_loop_trains_serves_finds_drift_retrains_and_rolls_out_with_no_manual_step(
+        request: pytest.FixtureRequest) -> None:
+    run = request.config.stash.get(RUN, None) or LoopRun.start()  # started by conftest unless run on its own
+    returncode, out, err = run.finish()
+    env = run.env
+    assert returncode == 0, f"exit {returncode} after {time.monotonic() - run.started:.0f} s\n" + out[-4000:] + err[-3000:]
+    assert "Traceback" not in out + err
 
     settings = load_settings("dev", environ=env)
     records = Backends(settings).events().read()
