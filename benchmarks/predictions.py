@@ -23,74 +23,24 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from common import WRK_SCRIPT, Round, free_port, median_round, post, ready, stop, wrk
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PEER = "peer: one request per scoring, torch fp32"
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = io.open(os.getenv("BODY_FILE")):read("*a")
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK {"requests": %d, "seconds": %f, "p50": %d, "p99": %d, "errors": %d}\\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-"""
-
-
 @dataclass(frozen=True)
 class Server:
     label: str
     micro_batching: bool
     runtime: str
-
-
-@dataclass(frozen=True)
-class Round:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_ms_per_request: float  # the server's own CPU (all its threads) per answered request
-    others: float  # share of the machine's CPU that other processes took meanwhile
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def busy_seconds() -> float:
-    """CPU time (all cores) the machine has spent busy since boot."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def group_seconds(group: int) -> float:
-    """CPU time used so far by one process group (a server and its workers)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            total += sum(int(v) for v in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def serve(data_dir: Path, server: Server, log: Path) -> tuple[subprocess.Popen, str]:
@@ -103,16 +53,8 @@ def serve(data_dir: Path, server: Server, log: Path) -> tuple[subprocess.Popen, 
         proc = subprocess.Popen([str(BIN / "loopwise"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    stop(proc)
-    raise SystemExit(f"{server.label}: loopwise serve did not become ready:\n{log.read_text()[-3000:]}")
+    ready(proc, url, log, f"{server.label}: loopwise serve")
+    return proc, url
 
 
 def ensure_platform(data_dir: Path) -> None:
@@ -125,40 +67,6 @@ def ensure_platform(data_dir: Path) -> None:
     done = subprocess.run([str(BIN / "loopwise"), "demo"], env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"loopwise demo failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers, nothing else
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def post(url: str, body: bytes) -> dict:
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def wrk(url: str, body_file: Path, script: Path, seconds: int, connections: int, group: int) -> Round:
-    import resource
-
-    env = {**os.environ, "BODY_FILE": str(body_file)}
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy, served, started = busy_seconds(), group_seconds(group), time.monotonic()
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s", "-s",
-                          str(script), url], env=env, capture_output=True, text=True, check=True).stdout
-    ours = group_seconds(group) - served
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime  # wrk's own
-    others = max(0.0, busy_seconds() - busy - ours - load) / ((time.monotonic() - started) * (os.cpu_count() or 1))
-    figures = json.loads(next(line for line in out.splitlines() if line.startswith("WRK "))[4:])
-    return Round(figures["requests"] / figures["seconds"], figures["p50"] / 1e3, figures["p99"] / 1e3,
-                 figures["errors"], ours * 1e3 / max(figures["requests"], 1), others)
 
 
 def scoring_path(data_dir: Path, model: str, runtimes: list[str], batch_rows: int, blocks: int = 9) -> dict:
@@ -240,14 +148,6 @@ def instance(data_dir: Path, model: str) -> dict:
     return {f: row[f] for f in spec.request.model_fields}  # type: ignore[union-attr]
 
 
-def median_round(rounds: list[Round]) -> Round:
-    def median(field: str) -> float:
-        return statistics.median(getattr(r, field) for r in rounds)
-
-    return Round(median("rps"), median("p50_ms"), median("p99_ms"), sum(r.errors for r in rounds),
-                 median("cpu_ms_per_request"), median("others"))
-
-
 def entry(args: argparse.Namespace, results: dict[str, Round], agreed: dict, loopwise: str,
           load: tuple[str, str]) -> list[str]:
     from common import machine
@@ -325,7 +225,7 @@ def main() -> None:
             print(f"starting {server.label}...", flush=True)
             running[server.label] = serve(data_dir, server, work / f"serve-{len(running)}.log")
         path = f"/v1/models/{args.model}:predict"
-        answers = {label: post(url + path, body)["predictions"][0]["score"] for label, (_, url) in running.items()}
+        answers = {label: post(url + path, body, timeout=60)["predictions"][0]["score"] for label, (_, url) in running.items()}
         if args.runtime == "onnx-int8" and answers[loopwise] == answers[PEER]:
             raise SystemExit("Loopwise answered exactly the peer's fp32 score: the service did not apply "
                              "serving.runtime (Service.startup in serving/app.py calls use_scoring_runtime)")

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import commit, machine
+from common import commit, free_port, machine
 from loopwise.lake.tables import TableRef
 from loopwise.serving.predlog import Prediction, PredictionLog
 
@@ -184,12 +184,6 @@ def median(runs: list[Served]) -> Served:
     """Each figure's own median over the runs."""
     mid = len(runs) // 2
     return Served(*(sorted(getattr(r, f) for r in runs)[mid] for f in ("per_s", "p50_ms", "p99_ms", "cpu_us")))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

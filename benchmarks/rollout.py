@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,37 +38,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import WRK_SCRIPT, Round, free_port, median_round, post, ready, stop, wrk
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MODEL = "order-refund-risk"
 ACTOR = "benchmarks/rollout.py"
 GOAL = 0.90  # canary requests/s at least 90 % of the champion's alone
 MODES = ("champion", "canary", "shadow")
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = io.open(os.getenv("BODY_FILE")):read("*a")
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK {"requests": %d, "seconds": %f, "p50": %d, "p99": %d, "errors": %d}\\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-"""
-
-
-@dataclass(frozen=True)
-class Round:
-    """What wrk measured in one mode, and what the server and the rest of the machine spent meanwhile."""
-
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_ms_per_request: float  # the server's own CPU (all its threads) per answered request
-    others: float  # share of the machine's CPU that other processes took meanwhile
-
-
 def copy_platform(source: Path, work: Path) -> Path:
     """The data root to serve: a copy without the prediction log (what earlier services sent is not this run's)."""
     target = work / "data"
@@ -88,34 +63,13 @@ def environment(data_dir: Path) -> dict[str, str]:
 
 def serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     """`loopwise serve` with one worker on a free port; returned once /readyz answers."""
-    from serving import free_port
-
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen([str(BIN / "loopwise"), "serve", "--port", str(port), "--workers", "1"], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    stop(proc)
-    raise SystemExit(f"loopwise serve did not become ready within 300 s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers, nothing else
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    ready(proc, url, log, "loopwise serve")
+    return proc, url
 
 
 def get(url: str) -> dict:
@@ -188,41 +142,11 @@ def follow(url: str, expected: dict[str, float], rollout_id: str | None, timeout
 
 def arms_answering(url: str, body: bytes, n: int = 60) -> dict[str, int]:
     """Who answers `n` sequential requests: the split really in force (also warms the arms)."""
-    from serving import post
-
     counts: dict[str, int] = {}
     for _ in range(n):
         arm = post(url, body)["predictions"][0]["arm"]
         counts[arm] = counts.get(arm, 0) + 1
     return counts
-
-
-def wrk(url: str, body_file: Path, script: Path, seconds: int, connections: int, group: int) -> Round:
-    import resource
-
-    from serving import busy_seconds, group_seconds
-
-    env = {**os.environ, "BODY_FILE": str(body_file)}
-    base = ["wrk", "-t", "1", "-c", str(connections), "--timeout", "10s", "-s", str(script)]
-    subprocess.run([*base, "-d", "3s", url], env=env, capture_output=True, check=True)  # warm-up, not counted
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy, served, started = busy_seconds(), group_seconds(group), time.monotonic()
-    out = subprocess.run([*base, "-d", f"{seconds}s", url], env=env, capture_output=True, text=True, check=True).stdout
-    ours = group_seconds(group) - served
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime  # wrk's own
-    others = max(0.0, busy_seconds() - busy - ours - load) / ((time.monotonic() - started) * (os.cpu_count() or 1))
-    figures = json.loads(next(line for line in out.splitlines() if line.startswith("WRK "))[4:])
-    return Round(figures["requests"] / figures["seconds"], figures["p50"] / 1e3, figures["p99"] / 1e3,
-                 figures["errors"], ours * 1e3 / max(figures["requests"], 1), others)
-
-
-def median_round(rounds: list[Round]) -> Round:
-    def median(field: str) -> float:
-        return statistics.median(getattr(r, field) for r in rounds)
-
-    return Round(median("rps"), median("p50_ms"), median("p99_ms"), sum(r.errors for r in rounds),
-                 median("cpu_ms_per_request"), median("others"))
 
 
 @dataclass(frozen=True)
@@ -264,7 +188,7 @@ def bench(data_dir: Path, work: Path, rounds: int, duration: int, connections: i
                 split[mode] = arms_answering(url, body)
                 if mode != "canary" and set(split[mode]) != {"champion"} or mode == "canary" and len(split[mode]) != 2:
                     raise SystemExit(f"{mode}: the server answered with {split[mode]}, not the split {expected}")
-                r = wrk(url, body_file, script, duration, connections, proc.pid)
+                r = wrk(url, body_file, script, duration, connections, proc.pid, warm_up=True)
                 measured[mode].append(r)
                 print(f"round {i + 1} {mode:<9} {r.rps:7.1f} req/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms  "
                       f"errors {r.errors}  CPU/request {r.cpu_ms_per_request:5.2f} ms  others {r.others:.0%}  "

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from common import busy_seconds, free_port, group_seconds, post
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -114,39 +115,6 @@ def customers(feast_dir: Path, count: int) -> list[str]:
     from feast.infra.key_encoding_utils import deserialize_entity_key
 
     return [deserialize_entity_key(key, 3).entity_values[0].string_val for (key,) in rows]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, body: bytes, timeout: float = 30) -> dict:
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def busy_seconds() -> float:
-    """CPU time (all cores) the machine has spent busy since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def group_seconds(group: int) -> float:
-    """CPU time used so far by one process group (a server, its workers, and the workers it has reaped)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:  # pgrp
-            # utime, stime, and those of its reaped children (gunicorn recycles feast serve's workers)
-            total += sum(int(v) for v in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
