@@ -7,13 +7,17 @@ import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # pyspark keeps Connect client state in os.environ (SPARK_CONNECT_MODE_ENABLED; pyspark's own local
 # mode also its server's token, which sent to the embedded Sail server hangs the child): a child
@@ -110,6 +114,46 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) 
                 proc.kill()
                 pytest.fail(f"{what} did not start on {url}")
             time.sleep(0.3)
+
+
+@contextmanager
+def server_process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A server started from the repository in its own session, its output in `log` (a pipe nobody reads fills up
+    and blocks it mid-request), stopped with its workers afterwards: SIGTERM, then SIGKILL."""
+    import signal
+
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180,
+               context: ssl.SSLContext | None = None) -> None:
+    """Until `url`/readyz answers 200 (over TLS with `context`); fails with the server's log if it exits first or
+    the time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5, context=context) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"loopwise serve did not become ready on {url}: {log.read_text()[-4000:]}")
+        time.sleep(0.3)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import child_env, free_port, wait_http
+from tests.services import child_env, free_port, server_process, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,23 +66,11 @@ def dg_dev(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     # The sensors stay off: the backfill is the only thing that runs (the daemon's own carrying of landed days is
     # tests/test_loop.py's, through the README's first command).
     env = fresh_env(tmp_path, LOOPWISE__AUTOMATION__ON_BY_DEFAULT="false")
-    log = open(tmp_path / "dg-dev.log", "w")
-    proc = subprocess.Popen([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
+    with server_process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "dg-dev.log",
+                        env) as proc:
         wait_http(f"{url}/server_info", proc, "dg dev", seconds=180)
         yield url, env
-    finally:
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def graphql(url: str, query: str, variables: dict) -> dict:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from loopwise.lifecycle import Lifecycle, State
 from supportdesk import USE_CASE
 
 from tests.conftest import Built
-from tests.services import child_env, free_port, wait_http
+from tests.services import child_env, free_port, server_process, wait_http, wait_ready
 from tests.test_serving import call, instances
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,35 +212,6 @@ class Stack:
     drifted_feature: str
 
 
-@contextmanager
-def process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def wait_ready(address: str, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if call(f"http://{address}/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"loopwise serve did not become ready on {address}: {log.read_text()[-4000:]}")
-        time.sleep(0.3)
-
-
 def copy_store(url: str, to: Path) -> str:
     """A private copy of the built platform's event store: this test writes drift checks and rollouts to it."""
     source, target = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(to)
@@ -305,15 +275,15 @@ def stack(prometheus: str, built: Built, tmp_path_factory: pytest.TempPathFactor
         for name, workers, extra in (("single", 1, {}), ("double", 2, {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)})):
             log = root / f"serve-{name}.log"
             env = {**base, "LOOPWISE__SERVING__LOG_DIR": str(root / f"predlog-{name}"), **extra}
-            servers[name] = (running.enter_context(process(
+            servers[name] = (running.enter_context(server_process(
                 [LOOPWISE, "serve", "--port", str(ports[name]), "--workers", str(workers)], log, env)), log)
         prom_log = root / "prometheus.log"
-        prom = running.enter_context(process(
+        prom = running.enter_context(server_process(
             [prometheus, f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--log.level=warn"], prom_log))
         wait_http(f"http://127.0.0.1:{ports['prometheus']}/-/ready", prom, "Prometheus", seconds=30)
         for name, (proc, log) in servers.items():
-            wait_ready(single if name == "single" else double, proc, log)
+            wait_ready(f"http://{single if name == 'single' else double}", proc, log)
 
         # Traffic on the one-worker service: every model, an entity with no features, a 422, a 413.
         examples = instances(built)

@@ -21,7 +21,7 @@ from loopwise.lake.tables import Lake
 from supportdesk import USE_CASE
 
 from tests.conftest import Built
-from tests.services import child_env, free_port
+from tests.services import child_env, free_port, server_process, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPWISE = str(Path(sys.executable).parent / "loopwise")
@@ -41,32 +41,11 @@ def call(url: str, body: object | None = None, method: str | None = None, raw: b
 
 @contextmanager
 def serve(built: Built, port: int, workers: int = 1) -> Iterator[subprocess.Popen]:
-    env = child_env(**built.env)
-    # Its output goes to a file: a pipe nobody reads fills up and blocks the server mid-request.
     log = built.settings.paths.root / f"serve-{port}.log"
-    proc = subprocess.Popen([LOOPWISE, "serve", "--port", str(port), "--workers", str(workers)], cwd=ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if call(f"http://127.0.0.1:{port}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = log.read_text()[-4000:]
-                proc.kill()
-                pytest.fail(f"loopwise serve did not become ready on port {port}: {out}")
-            time.sleep(0.5)
+    with server_process([LOOPWISE, "serve", "--port", str(port), "--workers", str(workers)], log,
+                        child_env(**built.env)) as proc:
+        wait_ready(f"http://127.0.0.1:{port}", proc, log)
         yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def instances(built: Built) -> dict[str, list[dict]]:

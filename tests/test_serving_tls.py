@@ -4,10 +4,7 @@ profile's `serving.tls_cert`, `serving.tls_key` and `serving.port` as environmen
 
 import http.client
 import os
-import signal
 import ssl
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,8 +17,8 @@ from supportdesk import USE_CASE
 from assets.models import keys
 from sensors import endpoint_observer
 from tests.conftest import Built
-from tests.services import child_env, free_port
-from tests.test_serving import LOOPWISE, ROOT, instances
+from tests.services import child_env, free_port, server_process, wait_ready
+from tests.test_serving import LOOPWISE, instances
 
 
 @dataclass
@@ -43,31 +40,11 @@ def service(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     port = free_port()
     env = {**built.env, "LOOPWISE__SERVING__PORT": str(port),
            "LOOPWISE__SERVING__TLS_CERT": str(pair.cert), "LOOPWISE__SERVING__TLS_KEY": str(pair.key)}
-    # Its output goes to a file: a pipe nobody reads fills up and blocks the server mid-request.
     log = built.settings.paths.root / f"serve-tls-{port}.log"
-    proc = subprocess.Popen([LOOPWISE, "serve"], cwd=ROOT, env=child_env(**env), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
     up = Service(f"https://127.0.0.1:{port}", port, env, ssl.create_default_context(cafile=str(pair.cert)))
-    try:
-        deadline = time.monotonic() + 180
-        with up.client() as client:
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"loopwise serve did not become ready on {up.url}: {log.read_text()[-4000:]}")
-                time.sleep(0.5)
+    with server_process([LOOPWISE, "serve"], log, child_env(**env)) as proc:
+        wait_ready(up.url, proc, log, context=up.trusting)
         yield up
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_serve_answers_https_verified_against_its_certificate_and_refuses_plain_http(service: Service,
