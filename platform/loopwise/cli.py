@@ -289,8 +289,7 @@ def demo(
             results.append(result)
         _print_tables(backends, demo_days)
         failed = results[-1] if results and not results[-1].success else None
-        if failed is None:
-            _print_training_sets(backends)
+        _print_training_sets(backends)  # those built before a failed step too
         _print_models(backends)
     if failed is not None and failed.failed_checks:
         typer.secho(f"stopped by blocking checks: {', '.join(failed.failed_checks)}; nothing downstream of them ran "
