@@ -110,7 +110,8 @@ def model_assets(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         checkpoints = Path(training.checkpoint_dir) / spec.slug / f"training_set-v{version}"
         run = train_and_log(spec, frame, layout, training.config(), checkpoints, mlflow.tracking_uri,
                             mlflow.artifact_uri, tags, freeze_encoder=training.freeze_encoder,
-                            embedding_cache=Path(training.embedding_dir))
+                            embedding_cache=Path(training.embedding_dir),
+                            runtime_dir=Path(training.runtime_dir) if training.runtime_dir else None)
         history = run.result.history
         return dg.MaterializeResult(metadata={
             "mlflow_run_id": run.run_id, "model_uri": run.model_uri, "device": run.result.device,

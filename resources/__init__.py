@@ -39,6 +39,7 @@ def build_resources(settings: Settings, use_case: UseCase) -> dict[str, Any]:
             gradient_accumulation=t.gradient_accumulation, patience=t.patience, seed=t.seed, device=t.device,
             distributed=t.distributed, freeze_encoder=t.freeze_encoder,
             checkpoint_dir=str(settings.paths.root / "checkpoints"), embedding_dir=str(settings.paths.embeddings),
+            runtime_dir=str(settings.paths.root / "runtime"),
         ),
     }
 

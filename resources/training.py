@@ -24,6 +24,7 @@ class TrainingResource(dg.ConfigurableResource):
     freeze_encoder: bool = True
     checkpoint_dir: str
     embedding_dir: str  # a frozen text encoder's embeddings, cached by content hash (training/embeddings.py)
+    runtime_dir: str | None = None  # exported encoders (shared with the service): CPU embeddings by ONNX Runtime
 
     def config(self) -> TrainConfig:
         from loopwise.training.loop import TrainConfig  # torch loads where training runs, not with the definitions

@@ -1,5 +1,5 @@
 """The embedding cache with the real MiniLM encoder: a second embedding embeds nothing and returns the same bits,
-only new texts are embedded, another encoder or max length misses, and writers at once never corrupt it."""
+only new texts are embedded, another encoder, max length or runtime misses, and writers at once never corrupt it."""
 
 import struct
 import subprocess
@@ -128,6 +128,24 @@ def test_an_onnx_scoring_runtime_never_reaches_the_cache(encoder, texts, referen
         runtime.use_scoring_runtime(before.name, before.cache_dir, before.threads)
     assert torch.equal(cached, reference[:4])
     assert not (tmp_path / "runtime").exists()  # nothing was exported: ONNX Runtime never ran
+
+
+def test_with_a_runtime_folder_onnx_runtime_embeds_on_cpu_in_its_own_namespace(encoder, texts, reference, spy,
+                                                                                tmp_path: Path) -> None:
+    """Training's path: new texts embedded by ONNX Runtime fp32 (exported into the service's folder), within float
+    rounding of PyTorch; a second call embeds nothing and returns the stored bits; PyTorch's entries are not mixed in."""
+    model, tokenizer = encoder
+    embed_cached(model, tokenizer, texts[:4], tmp_path / "embeddings")  # PyTorch's namespace
+    cold, first = embed_cached(model, tokenizer, texts, tmp_path / "embeddings", runtime_dir=tmp_path / "runtime")
+    assert first.embedded == 12 and first.reused == 0  # PyTorch's four are not ONNX Runtime's
+    assert list((tmp_path / "runtime").glob("encoder-*.onnx"))  # exported where the service looks for it
+    assert spy == texts[:4]  # PyTorch ran only for its own call
+    assert (cold - reference).abs().max().item() < 1e-5
+    warm, second = embed_cached(model, tokenizer, texts, tmp_path / "embeddings", runtime_dir=tmp_path / "runtime")
+    assert (second.embedded, second.reused) == (0, 12) and torch.equal(warm, cold)
+    identities = {EmbeddingCache(tmp_path, encoder_identity(model, tokenizer, 64, CPU, runtime)).namespace
+                  for runtime in ("torch", "onnx")}
+    assert len(identities) == 2
 
 
 WRITER = textwrap.dedent("""

@@ -86,11 +86,13 @@ def _experiment(spec: ModelSpec, artifact_uri: str) -> str:
 
 def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, config: TrainConfig, checkpoint_dir: Path,
                   tracking_uri: str, artifact_uri: str, tags: dict[str, str], freeze_encoder: bool = True,
-                  max_length: int = 64, embedding_cache: Path | None = None) -> TrainedRun:
+                  max_length: int = 64, embedding_cache: Path | None = None,
+                  runtime_dir: Path | None = None) -> TrainedRun:
     """Train a declared model on its training set and log the model, its metrics and its holdout scores.
 
     A frozen encoder's text embeddings are reused from `embedding_cache` (the profile's `paths.embeddings`), so a
-    retrain embeds only texts it has not seen; without one, every text is embedded.
+    retrain embeds only texts it has not seen; without one, every text is embedded. With `runtime_dir` (where the
+    service keeps exported encoders), new texts are embedded on CPU by ONNX Runtime fp32 (training/embeddings.py).
     """
     import json
 
@@ -107,7 +109,8 @@ def train_and_log(spec: ModelSpec, frame: pd.DataFrame, layout: InputLayout, con
         # Frozen: embed once (only texts no earlier run embedded), each epoch trains only the head.
         # Fine-tuned: token ids through the encoder, whose embeddings change each step (nothing to cache).
         if freeze_encoder:
-            text, embedded = embed_cached(encoder, tokenizer, texts, embedding_cache, max_length, device=device)
+            text, embedded = embed_cached(encoder, tokenizer, texts, embedding_cache, max_length, device=device,
+                                           runtime_dir=runtime_dir)
             log.info("%s: %s", spec.name, embedded.summary())
         else:
             text = tokenize(tokenizer, texts, max_length)
