@@ -88,25 +88,28 @@ def new_labelled_days(lake: LakeResource, spec_name: str) -> int:
 
 
 def ready_for_first_training(lake: LakeResource, spec_name: str) -> str | None:
-    """Why a never-trained model can train now (every landed day of its outcomes reached silver, and every feature
-    table covers those days), or None."""
+    """Why a never-trained model can train now (every landed day of the sources it reads, its outcomes included,
+    reached silver, and every feature table covers those days), or None."""
     from loopwise.pipelines.stages import raw_table, silver_table
 
     spec = USE_CASE.model(spec_name)
     if spec.outcomes is None:
         return None
-    outcomes = silver_table(lake.lake(), spec.outcomes.source).delta()
-    raw = raw_table(lake.lake(), spec.outcomes.source).delta()
-    if outcomes is None or raw is None:
-        return None
-    last = max((str(p["partition_date"]) for p in outcomes.partitions()), default="")
-    if last < max((str(p["partition_date"]) for p in raw.partitions()), default=""):
-        return None  # landed days are still on their way to silver
-    for table in USE_CASE.feature_tables:
-        delta = lake.lake().table(table.name).delta()
-        if delta is None or max((str(p["partition_date"]) for p in delta.partitions()), default="") < last:
+    sources = sorted({*spec.reads, spec.outcomes.source})
+    landed: set[str] = set()
+    for source in sources:
+        raw = raw_table(lake.lake(), source).delta()
+        if raw is None:
             return None
-    return f"outcomes and features landed through {last}; the model was never trained"
+        landed |= {str(p["partition_date"]) for p in raw.partitions()}
+    if not landed:
+        return None
+    needed = [silver_table(lake.lake(), source).delta() for source in sources]
+    needed += [lake.lake().table(table.name).delta() for table in USE_CASE.feature_tables]
+    for delta in needed:
+        if delta is None or not landed <= {str(p["partition_date"]) for p in delta.partitions()}:
+            return None  # landed days are still on their way to silver or the feature tables
+    return f"{', '.join(sources)} and the features landed through {max(landed)}; the model was never trained"
 
 
 def training_staleness(instance: dg.DagsterInstance, lake: LakeResource, spec_name: str,
@@ -163,7 +166,9 @@ def retrain_requests(context: dg.SensorEvaluationContext, lake: LakeResource, ev
     settings = load_settings().monitoring
     policy = RetrainPolicy(settings.retrain_cooldown_seconds, settings.stale_after_days, settings.max_age_days)
     store, requests = events.store(), []
-    for spec in USE_CASE.models:
+    # Retrains queue one at a time (the loopwise/retrain concurrency limit): shortest first, so the models without
+    # a text input, whose training embeds nothing, reach their rollout while a text model still trains.
+    for spec in sorted(USE_CASE.models, key=lambda spec: spec.text is not None):
         k = keys(spec)
         built = context.instance.get_latest_materialization_event(k["training_set"])
         if built is None:

@@ -3,13 +3,14 @@
 Real processes on loopback, nothing started by hand: `dg dev` (Dagster's webserver and daemon, which run the
 landing sensor, the automation conditions, the prediction monitor, the retraining sensor and the canary analysis)
 and `loopwise serve`. The loop itself only lands files and sends traffic. It is the closed loop's one end-to-end
-path, and the slowest: it mostly waits on the daemon's ticks, so `tests/conftest.py` starts it when collection
-ends, beside the rest of the suite, and runs this test last, to assert from the audit trail every stage in the
-order it happened.
+path, and the slowest: it mostly waits on the daemon's ticks, so `tests/conftest.py` starts it in the background
+as soon as the tests are collected (in the xdist controller, beside both workers, or in the one pytest process),
+and this test, run last, asserts from the audit trail every stage in the order it happened.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -31,47 +32,84 @@ from tests.services import child_env, free_port
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LIMIT_SECONDS = 1500
-# What a training set is built from (the online store serves; training reads the offline tables).
-TRAINING_PATH = ["raw_tickets", "raw_orders", "raw_ticket_outcomes", "silver_tickets", "silver_orders",
-                 "silver_ticket_outcomes", "features_customer_orders", "features_customer_support"]
+
+
+def training_path(model: str) -> list[str]:
+    """What a model's training set is built from: the sources it reads and its outcomes, raw and silver, and the
+    feature tables (the online store serves; training reads the offline tables)."""
+    from supportdesk import USE_CASE
+
+    spec = USE_CASE.model(model)
+    sources = sorted({*spec.reads, spec.outcomes.source})  # type: ignore[union-attr]
+    return [f"{stage}_{s}" for stage in ("raw", "silver") for s in sources] + [t.name for t in USE_CASE.feature_tables]
+
 RUN = pytest.StashKey["LoopRun"]()
+
+
+SHARED_ROOT = "LOOPWISE_TEST_LOOP_ROOT"  # set by an xdist controller for its workers: where it runs the loop
 
 
 @dataclass
 class LoopRun:
-    """`loopwise loop` running in the background, in its own data root, on free ports."""
+    """`loopwise loop` running in the background, in its own data root, on free ports. Its output, its environment
+    and its exit status are files in that root, so a test in another process (an xdist worker) can wait on it."""
 
-    proc: subprocess.Popen
-    env: dict[str, str]
     root: Path
-    started: float
+    env: dict[str, str]
+    started: float  # time.time() when it started
+    proc: subprocess.Popen | None = None  # in the process that started it
 
     @classmethod
-    def start(cls) -> LoopRun:
-        root = Path(tempfile.mkdtemp(prefix="loopwise-loop-"))
+    def start(cls, root: Path | None = None) -> LoopRun:
+        root = root or Path(tempfile.mkdtemp(prefix="loopwise-loop-"))
         env = child_env(LOOPWISE_PROFILE="dev", LOOPWISE_DATA_DIR=str(root / "data"),
                         DAGSTER_HOME=str(root / "dagster"), LOOPWISE__SERVING__PORT=str(free_port()))
         env = {k: v for k, v in env.items() if not k.startswith("LOOPWISE__") or k == "LOOPWISE__SERVING__PORT"}
-        proc = subprocess.Popen([str(BIN / "loopwise"), "loop", "--ui-port", str(free_port())], cwd=ROOT, env=env,
-                                stdout=(root / "stdout").open("w"), stderr=(root / "stderr").open("w"),
-                                start_new_session=True)
-        return cls(proc, env, root, time.monotonic())
+        (root / "env.json").write_text(json.dumps(env))
+        # The shell records the exit status where any process can read it (only the starter can wait on it).
+        script = '"$@"; echo $? > "$LOOP_ROOT/exit.tmp" && mv "$LOOP_ROOT/exit.tmp" "$LOOP_ROOT/exit"'
+        proc = subprocess.Popen(["sh", "-c", script, "loop", str(BIN / "loopwise"), "loop", "--ui-port", str(free_port())],
+                                cwd=ROOT, env={**env, "LOOP_ROOT": str(root)}, stdout=(root / "stdout").open("w"),
+                                stderr=(root / "stderr").open("w"), start_new_session=True)
+        started = time.time()
+        (root / "started").write_text(f"{proc.pid} {started}")
+        return cls(root, env, started, proc)
 
-    def finish(self) -> tuple[int, str, str]:
-        try:
-            self.proc.wait(timeout=max(1.0, LIMIT_SECONDS - (time.monotonic() - self.started)))
-        except subprocess.TimeoutExpired:
+    @classmethod
+    def attach(cls, root: Path) -> LoopRun | None:
+        """The run another process started in `root`, or None if it started none there."""
+        if not (root / "started").exists():
+            return None
+        return cls(root, json.loads((root / "env.json").read_text()), float((root / "started").read_text().split()[1]))
+
+    @property
+    def returncode(self) -> int | None:
+        done = self.root / "exit"
+        return int(done.read_text()) if done.exists() else None
+
+    def finish(self) -> tuple[int | None, str, str]:
+        """Wait for the run (until LIMIT_SECONDS after its start, then stop it): (exit status, stdout, stderr)."""
+        while self.returncode is None and time.time() - self.started < LIMIT_SECONDS:
+            time.sleep(2)
+        if self.returncode is None:
             self.stop()
-        return self.proc.returncode, (self.root / "stdout").read_text(), (self.root / "stderr").read_text()
+        return self.returncode, (self.root / "stdout").read_text(), (self.root / "stderr").read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        """Stop it and everything it started, if it still runs."""
+        pid = int((self.root / "started").read_text().split()[0])
+        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+            if self.returncode is not None or (self.proc is not None and self.proc.poll() is not None):
+                break
             try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + wait
+            while time.time() < deadline and self.returncode is None and (self.proc is None or self.proc.poll() is None):
+                time.sleep(0.5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.wait(timeout=10)
 
 
 def at(record: Record) -> datetime:
@@ -88,10 +126,14 @@ def first(records: list[Record], after: int, what: str, match) -> Record:  # typ
 
 def test_the_loop_trains_serves_finds_drift_retrains_and_rolls_out_with_no_manual_step(
         request: pytest.FixtureRequest) -> None:
-    run = request.config.stash.get(RUN, None) or LoopRun.start()  # started by conftest unless run on its own
+    # Started by conftest when collection ended: in this process, or by the xdist controller for its workers.
+    run = request.config.stash.get(RUN, None) or (LoopRun.attach(Path(os.environ[SHARED_ROOT]))
+                                                  if os.environ.get(SHARED_ROOT) else None)
+    if run is None:  # run on its own: the session's end stops it if this test is cut short
+        run = request.config.stash[RUN] = LoopRun.start()
     returncode, out, err = run.finish()
     env = run.env
-    assert returncode == 0, f"exit {returncode} after {time.monotonic() - run.started:.0f} s\n" + out[-4000:] + err[-3000:]
+    assert returncode == 0, f"exit {returncode} after {time.time() - run.started:.0f} s\n" + out[-4000:] + err[-3000:]
     assert "Traceback" not in out + err
 
     settings = load_settings("dev", environ=env)
@@ -113,7 +155,7 @@ def test_the_loop_trains_serves_finds_drift_retrains_and_rolls_out_with_no_manua
     asked = first(records, 0, "first training request", lambda r: r.kind == "retrain.requested"
                   and r.subject == f"monitoring:{model}" and r.payload["cause"] == "missing")
     for day in days:
-        for asset in TRAINING_PATH:
+        for asset in training_path(model):
             assert materialized(asset, day) < at(asked), f"trained before {asset} of {day} was materialized"
     # ... the gate passes it, and it is released as the first champion.
     gate = first(records, asked.seq, "gate of version 1", lambda r: r.kind == "registry.gate_evaluated"
