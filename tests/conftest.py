@@ -30,17 +30,47 @@ def _untracked_files() -> set[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_UNTRACKED] = _untracked_files()
+    if _xdist_controller(session.config):  # before the workers start, so that they inherit where the loop runs
+        import tempfile
+
+        from tests.test_loop import SHARED_ROOT
+
+        os.environ[SHARED_ROOT] = tempfile.mkdtemp(prefix="loopwise-loop-")
+
+
+def _is_loop(nodeid: str) -> bool:
+    return nodeid.startswith("tests/test_loop.py")
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.hasplugin("dsession")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The closed loop's end-to-end test runs `loopwise loop` (~6 min) in the background, beside the rest of the
+    suite (it mostly waits on the Dagster daemon's ticks): started as soon as the tests are collected, asserted
+    last. Under pytest-xdist (`make test`) the controller starts it, beside both workers."""
+    items[:] = [item for item in items if not _is_loop(item.nodeid)] + [item for item in items if _is_loop(item.nodeid)]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The closed loop's end-to-end test runs `loopwise loop` beside the rest of the suite (it mostly waits on the
-    Dagster daemon's ticks): started now, asserted last."""
-    loops = [item for item in session.items if item.nodeid.startswith("tests/test_loop.py")]
-    if loops and not session.config.option.collectonly:
+    config = session.config
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return  # an xdist worker: its controller starts the loop
+    if any(_is_loop(item.nodeid) for item in session.items):
         from tests.test_loop import RUN, LoopRun
 
-        session.items[:] = [item for item in session.items if item not in loops] + loops
-        session.config.stash[RUN] = LoopRun.start()
+        config.stash[RUN] = LoopRun.start()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """In the xdist controller: once a worker has collected the loop's test, start the loop where workers look."""
+    from tests.test_loop import RUN, SHARED_ROOT, LoopRun
+
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    if RUN not in config.stash and not config.option.collectonly and any(_is_loop(i) for i in ids):
+        config.stash[RUN] = LoopRun.start(Path(os.environ[SHARED_ROOT]))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
