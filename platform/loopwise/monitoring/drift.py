@@ -75,9 +75,9 @@ class DriftConfig:
     categorical: ColumnTest = field(default_factory=ColumnTest)
     text: ColumnTest = field(default_factory=ColumnTest)
     # null-share drift: a two-proportion z-test on the share of nulls, and a minimum change in that share. The
-    # change is an effect size of 0.1, as Evidently's tests on large references are: a customer with no orders
-    # nulls every order feature at once, and at 0.02 chance (0.373 -> 0.297 of 1,200 and 300 requests, p 0.014)
-    # flagged ten columns of one model's undrifted traffic.
+    # change is an effect size of 0.1, as Evidently's tests on large references are: an entity missing from a
+    # feature view nulls each of its features at once, and at 0.02 chance (0.373 -> 0.297 of 1,200 and 300
+    # requests, p 0.014) flagged ten columns of one model's undrifted traffic.
     null_share_p_value: float = 0.05
     null_share_min_difference: float = 0.1
     null_drift_counts: bool = True  # a column whose null share drifted counts as drifted in the dataset's share

@@ -4,7 +4,7 @@ A text's key is a digest of the encoder's identity (its weights, tokenizer, max 
 ran) and the text. Only fp32 embeddings are kept, computed by one of two runtimes:
 - ONNX Runtime (the encoder exported once, as the service scores it): on CPU whenever a folder for exported
   encoders is given, as training gives it. Measured on two cores: 5.9 s against PyTorch's 7.0 s for 1,000
-  tickets on a quiet machine, and 34 s against 162 s for 2,000 under a load of ~10, where PyTorch's threads
+  short texts on a quiet machine, and 34 s against 162 s for 2,000 under a load of ~10, where PyTorch's threads
   wait on each other; embeddings within 8e-7 of PyTorch's (a text's moves by float rounding with its batch).
 - PyTorch, in exact-length buckets (texts of one token count together, no padding): on CUDA, or without such a
   folder. A text's embedding is then the same to the bit whatever else is in the batch.
