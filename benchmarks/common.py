@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform as stdlib_platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -115,14 +114,9 @@ def ready(proc: subprocess.Popen, url: str, log: Path, what: str, seconds: float
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started in its own session: the server and its workers, nothing else."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    from loopwise.processes import stop_group
+
+    stop_group(proc, 60)
 
 
 def wrk(url: str, body_file: Path, script: Path, seconds: int, connections: int, group: int,

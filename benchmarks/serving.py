@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from common import busy_seconds, free_port, group_seconds, post
+from loopwise.processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -139,12 +140,7 @@ def server(command: list[str], url: str, env: dict[str, str], log: Path) -> Iter
             time.sleep(0.3)
         yield process.pid  # the server's process group
     finally:
-        os.killpg(process.pid, 15)  # its own session: the server and the workers it forked, nothing else
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
+        stop_group(process, 20)  # its own session: the server and the workers it forked, nothing else
 
 
 def wrk(url: str, body_file: Path, script: Path, duration: int, connections: int, threads: int, group: int) -> Load:

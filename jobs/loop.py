@@ -31,6 +31,7 @@ from typing import Any
 from loopwise.backends import Backends
 from loopwise.config import Settings
 from loopwise.events.store import EventStore
+from loopwise.processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,12 +53,7 @@ def process(argv: list[str], log: Path, env: dict[str, str]) -> Iterator[subproc
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, 30)
 
 
 def http(url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:

@@ -120,20 +120,14 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) 
 def server_process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """A server started from the repository in its own session, its output in `log` (a pipe nobody reads fills up
     and blocks it mid-request), stopped with its workers afterwards: SIGTERM, then SIGKILL."""
-    import signal
+    from loopwise.processes import stop_group
 
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, 60)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180,
