@@ -81,6 +81,28 @@ def test_shifted_mean_scale_tails_mixtures_and_levels_drift(reference_rows):
     assert everything.share_drifted >= 5 / 8 and everything.drifted
 
 
+def test_on_a_few_hundred_rows_an_effect_counts_only_where_it_is_significant():
+    """Evidently's distances on 300 current rows against a 1,200-row reference alarm on chance (a heavy tail's
+    Wasserstein, a 60-level Jensen-Shannon); `significance` keeps the verdicts whose difference a two-sample test
+    also finds, so chance stays near its rate and every moved column is still caught."""
+    chance, gated = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        profile, today = profile_reference(day(rng, 1200)), day(rng, 300)
+        chance.append(drifted_columns(check_drift(profile, today)))
+        gated.append(drifted_columns(check_drift(profile, today, DriftConfig(significance=0.05))))
+    assert sum(map(len, chance)) >= 20, chance  # about two of the eight columns a check, undrifted
+    assert sum(map(len, gated)) <= 4, gated  # 160 column checks at p 0.05, and only past a threshold too
+    rng = np.random.default_rng(1)
+    profile = profile_reference(day(rng, 1200))
+    for moved, columns in [({"shift": 0.4}, {"gauss"}), ({"tail_scale": 1.6}, {"student_t", "lognormal"}),
+                           ({"weight": 0.4}, {"mixture"}), ({"tilt": 0.6}, {"many_levels"})]:
+        report = check_drift(profile, day(rng, 300, **moved), DriftConfig(significance=0.05))
+        assert drifted_columns(report) == columns, (moved, report.markdown())
+        assert all(report.column(c).details["significance"]["p_value"] <= 0.05 for c in columns)
+        assert "and p ≤ 0.05" in report.markdown()  # the UI's table says why the column counts
+
+
 def test_unseen_categories_drift_and_are_named():
     rng = np.random.default_rng(2)
     profile = profile_reference(day(rng, 5000))

@@ -177,6 +177,10 @@ class MonitoringSettings(_Section):
         "drift tests and thresholds (loopwise.monitoring.DriftConfig: drift_share, per-column `columns: {name: {test, "
         "threshold}}`, per-kind defaults); empty: Evidently's defaults"))
     models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per model, its own drift settings")
+    significance: float | None = Field(0.05, gt=0, lt=1, description=(
+        "a column drifts on an effect size (Wasserstein, Jensen-Shannon) only where a two-sample test also finds the "
+        "difference at this p-value: a check reads a few hundred answers, and on so few a distance's sampling noise "
+        "alone reaches Evidently's thresholds. null: Evidently's verdicts (drift.significance overrides it)"))
     reference: str = Field("served", pattern="^(served|training)$", description=(
         "what drift is measured against: served (the champion's first `baseline_rows` answered predictions: the "
         "production baseline, free of training/serving skew) or training (its training set's holdout rows)"))
@@ -192,7 +196,7 @@ class MonitoringSettings(_Section):
     max_age_days: float = Field(30.0, gt=0, description="a training set older than this is stale")
 
     def drift_config(self, model: str) -> dict[str, Any]:
-        return {**self.drift, **self.models.get(model, {})}
+        return {"significance": self.significance, **self.drift, **self.models.get(model, {})}
 
 
 class OrchestrationSettings(_Section):

@@ -85,6 +85,11 @@ class DriftConfig:
     text_p_value: float = 0.01
     unseen_word_threshold: float = 0.1
     text_sample_rows: int = 256  # texts embedded per side
+    # An effect-size verdict (Wasserstein, Jensen-Shannon, PSI) also needs the difference to be significant: a
+    # two-sample test's p-value (Kolmogorov-Smirnov on numeric values, chi-square of homogeneity on counts) at or
+    # below this. None: Evidently's verdicts, the effect size alone. Evidently sizes its effect thresholds for
+    # large samples; on a few hundred answers a distance's sampling noise alone reaches them.
+    significance: float | None = None
     # profile size
     sketch_bins: int = 1000
     max_categories: int = 10_000
@@ -366,8 +371,20 @@ def check_numeric(name: str, profile: NumericProfile, column: pa.ChunkedArray, c
         exact = False
     if not exact:
         details["note"] = "verdict not certified from the profile: pass reference= to check_drift for Evidently's exact one"
-    return ColumnDrift(name, "numeric", test, result.statistic, threshold, verdict(test, result, threshold), result.p_value,
+    drifted = verdict(test, result, threshold)
+    if drifted and config.significance is not None and test in stattests.EFFECT_SIZES:
+        full = reference if reference is not None else profile.sketch.reconstruct()  # type: ignore[union-attr]
+        drifted = significant(stattests.values_test(stattests.KS, full, current, profile.distinct).p_value,
+                              stattests.KS, config, details)
+    return ColumnDrift(name, "numeric", test, result.statistic, threshold, drifted, result.p_value,
                        *shares, histogram, profile.n, len(current), exact, details)
+
+
+def significant(p_value: float | None, test: str, config: DriftConfig, details: dict[str, Any]) -> bool:
+    """Whether an effect past its threshold is also significant (`DriftConfig.significance`); noted in `details`."""
+    assert p_value is not None and config.significance is not None
+    details["significance"] = {"test": test, "p_value": p_value, "at": config.significance}
+    return p_value <= config.significance
 
 
 def check_categorical(name: str, profile: CategoricalProfile, column: pa.ChunkedArray, chosen: ColumnTest,
@@ -397,7 +414,10 @@ def check_categorical(name: str, profile: CategoricalProfile, column: pa.Chunked
     if not exact:
         details["note"] = (f"{profile.other_levels} reference categories beyond max_categories are lumped: "
                            "pass reference= to check_drift for Evidently's exact verdict")
-    return ColumnDrift(name, "categorical", test, result.statistic, threshold, verdict(test, result, threshold),
+    drifted = verdict(test, result, threshold)
+    if drifted and config.significance is not None and test in stattests.EFFECT_SIZES:
+        drifted = significant(stattests.homogeneity_p_value(ref, cur), stattests.CHI_SQUARE, config, details)
+    return ColumnDrift(name, "categorical", test, result.statistic, threshold, drifted,
                        result.p_value, *shares, histogram, profile.n, int(counts.sum()), exact, details)
 
 

@@ -48,6 +48,10 @@ def column_row(c: ColumnDrift) -> str:
         threshold = f"≥ {c.threshold:g}"
     if not c.exact:
         statistic = "≈ " + statistic
+    if "significance" in c.details:  # an effect past its threshold, then tested for significance
+        gate = c.details["significance"]
+        statistic += f"; {DISPLAY_NAMES[gate['test']]} {gate['p_value']:.3g}"
+        threshold += f" and p ≤ {gate['at']:g}"
     if c.kind == "text" and "unseen_word_share" in c.details:
         statistic += f"; unseen words {c.details['unseen_word_share']:.1%} (reference {c.details['reference_unseen_word_share']:.1%})"
     verdicts = []

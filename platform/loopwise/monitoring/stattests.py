@@ -24,6 +24,7 @@ BINNED_VALUES = 20  # get_binned_data: a numeric reference with more distinct va
 WASSERSTEIN, JENSEN_SHANNON, PSI = "wasserstein", "jensenshannon", "psi"
 KS, CHI_SQUARE, Z = "ks", "chisquare", "z"
 EMBEDDING_CLASSIFIER, MMD = "embedding_classifier", "mmd"
+EFFECT_SIZES = (WASSERSTEIN, JENSEN_SHANNON, PSI)  # tests that compare a distance with a threshold, no p-value
 
 DEFAULT_THRESHOLDS = {WASSERSTEIN: 0.1, JENSEN_SHANNON: 0.1, PSI: 0.1, KS: 0.05, CHI_SQUARE: 0.05, Z: 0.05,
                       EMBEDDING_CLASSIFIER: 0.55, MMD: 0.05}
@@ -186,6 +187,16 @@ def distinct_counts(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.flatnonzero(np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]]))
     counts = np.diff(np.append(starts, len(sorted_values)))
     return sorted_values[starts], counts.astype(np.float64)
+
+
+def homogeneity_p_value(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Chi-square test that two samples' counts over the same keys come from one distribution (a 2 x k table;
+    keys neither side has are dropped)."""
+    table = np.stack([ref, cur])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return 1.0
+    return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 
 def two_proportion_p_value(hits1: float, n1: float, hits2: float, n2: float) -> float:
