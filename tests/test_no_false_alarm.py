@@ -8,7 +8,7 @@ the loop lands its drifted day). A control drifts the checked requests as the lo
 
 Real: the use case's feed, its bronze and silver transforms and feature tables on the session's Sail session;
 the `built` session's registered models, loaded and scored as the service does (`load_version`,
-`score_instances`), their answers written through the write-ahead prediction log into Delta; then the
+`score_instances`, on the profile's `serving.runtime`), their answers written through the write-ahead prediction log into Delta; then the
 monitoring assets' calls on the dev profile's settings: the served baseline (`served_baseline`,
 `build_reference(source="served")`), the prediction monitor's first check after it (`check_day`), the verdict
 recorded (`record_drift`) and the retraining sensor's decision (`decide_retrain`). Stands in: landing, validation
@@ -19,10 +19,11 @@ service, and the Dagster runs and sensor ticks around those calls.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -40,6 +41,7 @@ from loopwise.monitoring.retrain import RetrainDecision, RetrainPolicy, decide_r
 from loopwise.pipelines.transforms import bronze
 from loopwise.serving.models import LoadedVersion, load_version, resolve_version
 from loopwise.serving.predlog import Prediction, PredictionLog
+from loopwise.training import runtime
 from loopwise.usecase import FeatureTable, ModelSpec, Reader
 from pyspark.sql import DataFrame, SparkSession
 from supportdesk import USE_CASE
@@ -59,18 +61,24 @@ ENTITY_KEY = "customer_id"  # feature_repo/entities.py: the one entity both feat
 CUSTOMERS = inspect.signature(generate_day).parameters["customers"].default
 
 
+@functools.cache
+def population_of(seed: int) -> Population:
+    return Population.create(seed, CUSTOMERS)
+
+
 def feed_day(day: date, seed: int, drift: str | None, sources: frozenset[str]) -> dict[str, pd.DataFrame]:
     """The feed's clean frames of one day for `sources` (`generate_day`)."""
     if sources == {"orders"}:
         # generate_day's own orders call, alone: drawing the day's tickets and their texts is ~98% of its cost.
-        population = Population.create(seed, CUSTOMERS)
+        population = population_of(seed)
         return {"orders": orders_for(day, population, DEV.demo.rows_per_day, seed, DriftSpec.parse(drift))}
     return generate_day(day, DEV.demo.rows_per_day, seed, DriftSpec.parse(drift)).frames
 
 
 def silver_tables(spark: SparkSession, days: dict[date, dict[str, pd.DataFrame]]) -> dict[str, DataFrame]:
     """Each source's silver rows of `days`: the landed strings through the bronze transform and the use case's
-    silver transform (no row is malformed in the clean feed: validation would quarantine none)."""
+    silver transform (no row is malformed in the clean feed: validation would quarantine none), computed once
+    (Sail does not persist: every query would run both transforms again)."""
     tables = {}
     for name in next(iter(days.values())):
         source = USE_CASE.source(name)
@@ -79,7 +87,8 @@ def silver_tables(spark: SparkSession, days: dict[date, dict[str, pd.DataFrame]]
                             for day, frames in days.items()], ignore_index=True)
         schema = ", ".join(f"{c} string" for c in columns) + ", partition_date date, _line long"
         none_bad = spark.createDataFrame([], "partition_date date, _line long")
-        tables[name] = source.silver(bronze(spark.createDataFrame(landed, schema), none_bad, source.contract))
+        silver = source.silver(bronze(spark.createDataFrame(landed, schema), none_bad, source.contract))
+        tables[name] = spark.createDataFrame(silver.toArrow())
     return tables
 
 
@@ -125,6 +134,7 @@ class Feed:
         self.spark = spark
         self.frames: dict[tuple[date, int, str | None, frozenset[str]], dict[str, pd.DataFrame]] = {}
         self.served: dict[tuple[str, int, date, str | None, int], Traffic] = {}
+        self.silver: dict[tuple[int, frozenset[str], int, str | None, date | None], tuple[date, dict]] = {}
 
     def traffic(self, spec: ModelSpec, champion: LoadedVersion, seed: int, day: date = LAST,
                 drift: str | None = None, history: int = 0) -> Traffic:
@@ -132,6 +142,23 @@ class Feed:
         if key not in self.served:
             self.served[key] = self._traffic(spec, champion, seed, day, drift, history)
         return self.served[key]
+
+    def _silver(self, seed: int, sources: frozenset[str], history: int, day: date, drift: str | None
+                ) -> dict[str, DataFrame]:
+        """Silver once `day` has landed, after `history` earlier days and the loop's; undrifted silver landed
+        through a later day serves too (a reader stops at its day)."""
+        key = (seed, sources, history, drift, day if drift else None)
+        if key in self.silver and self.silver[key][0] >= day:
+            return self.silver[key][1]
+        days = {}
+        earlier = [DAYS[0] - timedelta(days=n) for n in range(history, 0, -1)]
+        for d in sorted({*earlier, *DAYS, day}):
+            frames_key = (d, seed, drift if d == day else None, sources)
+            if frames_key not in self.frames:
+                self.frames[frames_key] = feed_day(*frames_key)
+            days[d] = self.frames[frames_key]
+        self.silver[key] = (day, silver_tables(self.spark, days))
+        return self.silver[key][1]
 
     def _traffic(self, spec: ModelSpec, champion: LoadedVersion, seed: int, day: date, drift: str | None,
                  history: int) -> Traffic:
@@ -141,14 +168,7 @@ class Feed:
         day's by the drift only. `history` lands that many days before the loop's first too."""
         tables = feature_tables_of(champion)
         sources = frozenset({*spec.reads, *(s for t in tables for s in t.reads)})
-        days = {}
-        earlier = [DAYS[0] - timedelta(days=n) for n in range(history, 0, -1)]
-        for d in sorted({*earlier, *DAYS, day}):
-            key = (d, seed, drift if d == day else None, sources)
-            if key not in self.frames:
-                self.frames[key] = feed_day(*key)
-            days[d] = self.frames[key]
-        read = reader_through(silver_tables(self.spark, days), day)
+        read = reader_through(self._silver(seed, sources, history, day, drift), day)
         # Every ticket is scored when it opens: the loop replays only the labelled ones (about 800 of a day's 2,000
         # tickets have their outcome by its end), fewer than a baseline and a check of distinct requests.
         assert spec.request is not None, f"{spec.name} declares no request"
@@ -158,9 +178,9 @@ class Feed:
         instances = [spec.request(**row).model_dump() for row in rows]
         online: list[tuple[list[str], dict[str, dict[str, Any]]]] = []
         for table in tables:  # one row per customer and day: the day's push leaves exactly that row online
-            as_of = table.build(read, DateRange.of(day))
-            names = [c for c in as_of.columns if c in champion.layout.features]
-            online.append((names, {r[ENTITY_KEY]: r.asDict() for r in as_of.select(ENTITY_KEY, *names).collect()}))
+            as_of = table.build(read, DateRange.of(day)).toArrow()  # (asking a plan for its columns costs a query)
+            names = [c for c in as_of.column_names if c in champion.layout.features]
+            online.append((names, {r[ENTITY_KEY]: r for r in as_of.select([ENTITY_KEY, *names]).to_pylist()}))
         features = []
         for instance in instances:
             values: dict[str, FeatureValue] = {}
@@ -259,10 +279,12 @@ def feed(spark: SparkSession) -> Feed:
 
 
 @pytest.fixture(scope="module")
-def champion(built: Built) -> Callable[[str], LoadedVersion]:
+def champion(built: Built) -> Iterator[Callable[[str], LoadedVersion]]:
     """A declared model's serving version in the `built` session's registry, loaded as the service loads it
-    (on first use: the text model's loads MiniLM)."""
+    (on first use: the text model's loads MiniLM) and scored on the runtime the service would choose."""
     loaded: dict[str, LoadedVersion] = {}
+    before = runtime.scoring_runtime()
+    runtime.use_scoring_runtime(built.settings.serving.runtime, built.settings.paths.root / "runtime")
 
     def load(name: str) -> LoadedVersion:
         if name not in loaded:
@@ -271,7 +293,10 @@ def champion(built: Built) -> Callable[[str], LoadedVersion]:
             loaded[name] = load_version(built.settings.tracking_uri, spec, version, arm, [ENTITY_KEY])
         return loaded[name]
 
-    return load
+    try:
+        yield load
+    finally:
+        runtime.use_scoring_runtime(before.name, before.cache_dir, before.threads)
 
 
 @pytest.fixture(scope="module")
@@ -310,8 +335,8 @@ def test_the_next_undrifted_day_is_not_flagged_and_retrains_nothing(seed: int, f
     one day to the next, and the check rightly finds that drift: see `test_a_young_history_is_drift`.)"""
     spec = USE_CASE.model("order-refund-risk")  # the tabular model, on order history alone: cheap for every seed
     serving = champion(spec.name)
+    tomorrow = feed.traffic(spec, serving, seed, NEXT, history=LOOKBACK_DAYS)  # first: its silver serves today's
     today = feed.traffic(spec, serving, seed, LAST, history=LOOKBACK_DAYS)
-    tomorrow = feed.traffic(spec, serving, seed, NEXT, history=LOOKBACK_DAYS)
     check = monitor(tmp_path, spec, serving, seed, [today.span(0, FIRST_CHECK), tomorrow.span(0, FIRST_CHECK)], None)
     assert check.rows == FIRST_CHECK
     assert not check.report.drifted and check.decision is None, check.summary()
@@ -322,7 +347,8 @@ def test_a_young_history_is_drift(feed: Feed, champion: Callable[[str], LoadedVe
     overnight, and the check says so, naming them (a real shift of the served features, not chance)."""
     spec = USE_CASE.model("order-refund-risk")
     serving, seed = champion(spec.name), SEEDS[0]
-    today, tomorrow = feed.traffic(spec, serving, seed), feed.traffic(spec, serving, seed, NEXT)
+    tomorrow = feed.traffic(spec, serving, seed, NEXT)
+    today = feed.traffic(spec, serving, seed)
     check = monitor(tmp_path, spec, serving, seed, [today.span(0, FIRST_CHECK), tomorrow.span(0, FIRST_CHECK)], None)
     drifted = {c.name for c in check.report.columns if c.drifted}
     assert {"orders_7d", "orders_30d", "orders_90d"} <= drifted, check.summary()
