@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from loopwise.config import load_settings
 from loopwise.events import open_store
@@ -135,6 +137,7 @@ class Feed:
         self.frames: dict[tuple[date, int, str | None, frozenset[str]], dict[str, pd.DataFrame]] = {}
         self.served: dict[tuple[str, int, date, str | None, int], Traffic] = {}
         self.silver: dict[tuple[int, frozenset[str], int, str | None, date | None], tuple[date, dict]] = {}
+        self.as_of: dict[tuple[Any, ...], pa.Table] = {}
 
     def traffic(self, spec: ModelSpec, champion: LoadedVersion, seed: int, day: date = LAST,
                 drift: str | None = None, history: int = 0) -> Traffic:
@@ -144,12 +147,12 @@ class Feed:
         return self.served[key]
 
     def _silver(self, seed: int, sources: frozenset[str], history: int, day: date, drift: str | None
-                ) -> dict[str, DataFrame]:
-        """Silver once `day` has landed, after `history` earlier days and the loop's; undrifted silver landed
-        through a later day serves too (a reader stops at its day)."""
+                ) -> tuple[date, dict[str, DataFrame]]:
+        """Silver once `day` has landed, after `history` earlier days and the loop's, and the last day it holds;
+        undrifted silver landed through a later day serves too (a reader stops at its day)."""
         key = (seed, sources, history, drift, day if drift else None)
         if key in self.silver and self.silver[key][0] >= day:
-            return self.silver[key][1]
+            return self.silver[key]
         days = {}
         earlier = [DAYS[0] - timedelta(days=n) for n in range(history, 0, -1)]
         for d in sorted({*earlier, *DAYS, day}):
@@ -158,7 +161,7 @@ class Feed:
                 self.frames[frames_key] = feed_day(*frames_key)
             days[d] = self.frames[frames_key]
         self.silver[key] = (day, silver_tables(self.spark, days))
-        return self.silver[key][1]
+        return self.silver[key]
 
     def _traffic(self, spec: ModelSpec, champion: LoadedVersion, seed: int, day: date, drift: str | None,
                  history: int) -> Traffic:
@@ -168,7 +171,8 @@ class Feed:
         day's by the drift only. `history` lands that many days before the loop's first too."""
         tables = feature_tables_of(champion)
         sources = frozenset({*spec.reads, *(s for t in tables for s in t.reads)})
-        read = reader_through(self._silver(seed, sources, history, day, drift), day)
+        through, silver = self._silver(seed, sources, history, day, drift)
+        read = reader_through(silver, day)
         # Every ticket is scored when it opens: the loop replays only the labelled ones (about 800 of a day's 2,000
         # tickets have their outcome by its end), fewer than a baseline and a check of distinct requests.
         assert spec.request is not None, f"{spec.name} declares no request"
@@ -178,7 +182,14 @@ class Feed:
         instances = [spec.request(**row).model_dump() for row in rows]
         online: list[tuple[list[str], dict[str, dict[str, Any]]]] = []
         for table in tables:  # one row per customer and day: the day's push leaves exactly that row online
-            as_of = table.build(read, DateRange.of(day)).toArrow()  # (asking a plan for its columns costs a query)
+            key = (seed, sources, history, drift, table.view, day if drift else through)
+            if key not in self.as_of:  # every day traffic is asked for (the loop's last on) in one query
+                first = day if drift else LAST
+                assert first <= day, f"traffic of {day}, before the loop's last normal day {LAST}"
+                built = table.build(reader_through(silver, through), DateRange(first, through))
+                self.as_of[key] = built.toArrow()  # (asking a plan for its columns would cost a query too)
+            days = self.as_of[key]
+            as_of = days.filter(pc.equal(days.column("partition_date"), pa.scalar(day, pa.date32())))
             names = [c for c in as_of.column_names if c in champion.layout.features]
             online.append((names, {r[ENTITY_KEY]: r for r in as_of.select([ENTITY_KEY, *names]).to_pylist()}))
         features = []
