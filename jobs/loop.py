@@ -152,6 +152,7 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
              traffic: int | None = None, ui_port: int = 3000) -> None:
     """The whole loop; raises LoopFailed naming the stage that did not happen. `traffic`: the normal days'
     predictions per model, by default enough for the champion's served baseline and one drift check."""
+    import dagster as dg
     from loopwise.landing import zone
     from loopwise.lineage import model_lineage
     from loopwise.rollout import current
@@ -175,7 +176,8 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
         if not port_free(host, port):
             raise LoopFailed(f"{host}:{port}, where {what} would listen, is in use (an earlier `loopwise loop`, "
                              "`make dev` or `loopwise serve`?): stop it, or choose --ui-port, or serving.port for the service")
-    with process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env), \
+    with dg.DagsterInstance.get() as instance, \
+            process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env), \
             process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env) as service:
         say(f"Dagster UI (webserver and daemon): http://127.0.0.1:{ui_port}   service: {base}   logs: {logs}")
         for day in days:
@@ -193,23 +195,36 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
         # The last day's requests, as live traffic would be: older days' outcomes have landed and flowed into the
         # online features (a replayed ticket would be served features that already count its own escalation).
         normal = instances(backends, days[-1:])
+        replayed_at = store.last_seq()
         say(f"replaying traffic of the normal days: {replay(base, normal, traffic)} answered")
         for day in drifted:
             landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,
                                    drift, settings.demo.bad_row_fraction)
             say(f"landed drifted {day} ({drift}): " + ", ".join(f"{f.source} {f.rows} rows" for f in landed))
         before = {m.name: current(store, m.name).id for m in use_case.models}
-        online = lambda: all(_partition_done(store, "online_features", d) for d in drifted)  # noqa: E731
+        # Each model's normal traffic is checked before drifted traffic reaches it (a text model's check takes a
+        # while: one that also read drifted answers would be no check of normal traffic).
+        def checked_normal() -> bool:
+            return all(store.read(after=replayed_at, kind="drift.checked", subject=f"drift:{m.name}")
+                       for m in use_case.models)
+
+        watch.until(checked_normal, "the monitor checking every model's normal traffic", 300)
+        online = lambda: all(_materialized(instance, "online_features", d) for d in drifted)  # noqa: E731
         watch.until(online, "the drifted days reaching the online store", 600)
         shifted = instances(backends, drifted)
-        say(f"replaying traffic of the drifted days: {replay(base, shifted, 3 * checked)} answered")
+        # Models without a text input first: the first to drift retrains first, and the retrains queue one at a time.
+        for spec in sorted(use_case.models, key=lambda m: m.text is not None):
+            answered_drifted = replay(base, {spec.name: shifted[spec.name]}, 3 * checked)[spec.name]
+            say(f"replayed {spec.name}'s traffic of the drifted days: {answered_drifted} answered")
         # No traffic while the model retrains: the monitor would check each new batch again, a run per check,
         # on the two cores the training needs.
         started = lambda: any(current(store, m).id != before[m] for m in before)  # noqa: E731
         watch.until(started, "drift detected, a retrain, and a rollout of the new version", 900)
         model = next(m for m in before if current(store, m).id != before[m])
         finished = lambda: current(store, model).finished  # noqa: E731
-        watch.until(finished, f"the {model} rollout deciding", 600, between=lambda: replay(base, shifted, 200))
+        # Its callers only: each canary step needs `min_sample` answers from the challenger's share.
+        watch.until(finished, f"the {model} rollout deciding", 600,
+                    between=lambda: replay(base, {model: shifted[model]}, 200))
         rollout = current(store, model)
         say(f"{model}: rollout {rollout.id} {rollout.status.value}; serving version {rollout.arms[0].version}")
         say("lineage of the serving model:")
@@ -220,7 +235,9 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
         say(f"the loop took {time.monotonic() - began:.0f} s")
 
 
-def _partition_done(store: EventStore, asset: str, day: date) -> bool:
-    """Whether `asset` has a materialization of `day`'s partition in the audit trail."""
-    return any(r.payload.get("partition") == day.isoformat()
-               for r in store.read(kind="asset.materialized", subject=f"asset:{asset}"))
+def _materialized(instance: Any, asset: str, day: date) -> bool:
+    """Whether the daemon's Dagster instance has materialized `asset`'s partition `day` (the audit trail records
+    it up to an audit sensor's tick later: 30 s)."""
+    import dagster as dg
+
+    return day.isoformat() in instance.get_materialized_partitions(dg.AssetKey(asset))
