@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 import pyarrow as pa
@@ -47,8 +48,9 @@ from loopwise.training import runtime
 from loopwise.usecase import FeatureTable, ModelSpec, Reader
 from pyspark.sql import DataFrame, SparkSession
 from supportdesk import USE_CASE
+from supportdesk import feed as feed_module
 from supportdesk.features import LOOKBACK_DAYS
-from supportdesk.feed import DriftSpec, Population, generate_day, orders_for
+from supportdesk.feed import DriftSpec, Population, TicketDay, generate_day, orders_for
 
 from tests.conftest import Built
 
@@ -61,6 +63,7 @@ TEXT_SEED = SEEDS[0]  # the text model scores and embeds ~2,000 texts a seed (~6
 DRIFT = "amounts=1.8"  # what `loopwise loop` lands as its drifted day
 ENTITY_KEY = "customer_id"  # feature_repo/entities.py: the one entity both feature views are keyed by
 CUSTOMERS = inspect.signature(generate_day).parameters["customers"].default
+TICKETS_FOR = feed_module.tickets_for
 
 
 @functools.cache
@@ -74,7 +77,19 @@ def feed_day(day: date, seed: int, drift: str | None, sources: frozenset[str]) -
         # generate_day's own orders call, alone: drawing the day's tickets and their texts is ~98% of its cost.
         population = population_of(seed)
         return {"orders": orders_for(day, population, DEV.demo.rows_per_day, seed, DriftSpec.parse(drift))}
-    return generate_day(day, DEV.demo.rows_per_day, seed, DriftSpec.parse(drift)).frames
+    # A day's outcomes draw the tickets of that day and the three before it again: each day's are drawn once.
+    with mock.patch.object(feed_module, "tickets_for", tickets_once):
+        return generate_day(day, DEV.demo.rows_per_day, seed, DriftSpec.parse(drift)).frames
+
+
+@functools.cache
+def _tickets(day: date, per_day: int, seed: int, drift: DriftSpec) -> TicketDay:
+    return TICKETS_FOR(day, population_of(seed), per_day, seed, drift)
+
+
+def tickets_once(day: date, population: Population, per_day: int, seed: int, drift: DriftSpec) -> TicketDay:
+    """`supportdesk.feed.tickets_for`, drawn once per day (deterministic per seed: the population is the seed's)."""
+    return _tickets(day, per_day, seed, drift)
 
 
 def silver_tables(spark: SparkSession, days: dict[date, dict[str, pd.DataFrame]]) -> dict[str, DataFrame]:
@@ -315,7 +330,21 @@ def embed() -> Callable[[list[str]], Any]:
     """The engine's MiniLM encoder for text drift (loaded on first use), shared by the module's checks."""
     from loopwise.monitoring.text import minilm_embed
 
-    return minilm_embed()
+    encode = minilm_embed()
+
+    def one_thread(texts: list[str]) -> Any:
+        # PyTorch's threads on a shared machine wait on each other (the suite's other worker, the loop beside it):
+        # one thread embeds the same texts several times faster there.
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return encode(texts)
+        finally:
+            torch.set_num_threads(threads)
+
+    return one_thread
 
 
 CASES = [("order-refund-risk", seed) for seed in SEEDS] + [("ticket-escalation", TEXT_SEED)]
@@ -336,7 +365,7 @@ def test_the_days_traffic_after_the_baseline_is_not_flagged_and_retrains_nothing
     assert not check.report.drifted and check.decision is None, check.summary()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS[:2])  # a full order history costs ~13 s a seed
 def test_the_next_undrifted_day_is_not_flagged_and_retrains_nothing(seed: int, feed: Feed,
                                                                     champion: Callable[[str], LoadedVersion],
                                                                     tmp_path: Path) -> None:
