@@ -28,6 +28,7 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 from loopwise.backends import Backends
 from loopwise.config import Settings
 from loopwise.events.store import EventStore
@@ -152,7 +153,6 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
              traffic: int | None = None, ui_port: int = 3000) -> None:
     """The whole loop; raises LoopFailed naming the stage that did not happen. `traffic`: the normal days'
     predictions per model, by default enough for the champion's served baseline and one drift check."""
-    import dagster as dg
     from loopwise.landing import zone
     from loopwise.lineage import model_lineage
     from loopwise.rollout import current
@@ -235,9 +235,7 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
         say(f"the loop took {time.monotonic() - began:.0f} s")
 
 
-def _materialized(instance: Any, asset: str, day: date) -> bool:
+def _materialized(instance: dg.DagsterInstance, asset: str, day: date) -> bool:
     """Whether the daemon's Dagster instance has materialized `asset`'s partition `day` (the audit trail records
     it up to an audit sensor's tick later: 30 s)."""
-    import dagster as dg
-
     return day.isoformat() in instance.get_materialized_partitions(dg.AssetKey(asset))
