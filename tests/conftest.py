@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -172,25 +173,90 @@ BUILT_ENV = {"LOOPWISE_PROFILE": "test", "LOOPWISE__TRAINING__EPOCHS": "3",
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     """Two landed days (with malformed rows) through raw, bronze, silver, features, the online store, and every
-    declared model trained, evaluated and registered: the main job's own runs (`jobs.main.run`), once per session."""
+    declared model trained, evaluated and registered: the main job's own runs (`jobs.main.run`), once per session.
+
+    Under pytest-xdist the first worker to ask builds it once for all, and each worker gets its own copy (data
+    root and Dagster instance), so what one worker's tests write never reaches another's. Building it took 60-110 s
+    a worker beside the suite."""
+    import dagster as dg
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        home = tmp_path_factory.mktemp("built")
+        steps, landed = _build(home)
+    else:
+        steps, landed, home = _shared_build(tmp_path_factory.getbasetemp().parent / "built", worker)
+    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
+    with _profile(env):
+        settings = load_settings()
+    with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
+        yield Built(settings, instance, steps, landed, env)
+
+
+def _build(home: Path) -> tuple[list[object], list[object]]:
+    """Build the platform under `home` (data root `data/`, Dagster instance `dagster/`); the steps and landed files."""
     import dagster as dg
     from loopwise.landing import zone
     from supportdesk import USE_CASE
 
     from jobs import main
 
-    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(tmp_path_factory.mktemp("built") / "data")}
-    with dg.instance_for_test() as instance:
-        # The profile comes from the environment (feature_repo/ reads the lake's location from it too):
-        # set it while building only, so the tests that follow see their own.
-        with pytest.MonkeyPatch.context() as patch:
-            for name in [n for n in os.environ if n.startswith("LOOPWISE")]:
-                patch.delenv(name)
-            for name, value in env.items():
-                patch.setenv(name, value)
-            settings = load_settings()
-            landed = [f for day in (DAY1, DAY2) for f in
-                      zone.land_day(USE_CASE, settings.paths.landing, day, 200, seed=15, bad_row_fraction=0.02)]
-            steps = list(main.run(settings, instance, [DAY1, DAY2]))
-        assert [s.success for s in steps] == [True] * len(main.steps()), [(s.title, s.error) for s in steps]
-        yield Built(settings, instance, steps, landed, env)
+    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
+    (home / "dagster").mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance, _profile(env):
+        settings = load_settings()
+        landed = [f for day in (DAY1, DAY2) for f in
+                  zone.land_day(USE_CASE, settings.paths.landing, day, 200, seed=15, bad_row_fraction=0.02)]
+        steps = list(main.run(settings, instance, [DAY1, DAY2]))
+    assert [s.success for s in steps] == [True] * len(main.steps()), [(s.title, s.error) for s in steps]
+    return steps, landed
+
+
+def _shared_build(shared: Path, worker: str) -> tuple[list[object], list[object], Path]:
+    """The platform built once for every xdist worker under `shared/origin`, then copied for each worker before
+    anyone uses it: the origin is never opened again (its MLflow runs' artifacts are read from there, never changed)."""
+    import fcntl
+    import pickle
+    import shutil
+    from dataclasses import replace
+
+    shared.mkdir(exist_ok=True)
+    result, failed = shared / "result.pickle", shared / "failed.txt"
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if failed.exists():
+            pytest.fail(f"the shared platform build failed in another worker: {failed.read_text()}")
+        if not result.exists():
+            origin = shared / "origin"
+            try:
+                steps, landed = _build(origin)
+            except BaseException as exc:
+                failed.write_text(repr(exc))
+                raise
+            for n in range(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))):
+                shutil.copytree(origin, shared / f"gw{n}", symlinks=True)
+            result.write_bytes(pickle.dumps((steps, landed)))
+        steps, landed = pickle.loads(result.read_bytes())
+    home = shared / worker
+    landed = [replace(f, path=home / f.path.relative_to(shared / "origin")) for f in landed]
+    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
+    with _profile(env):  # Feast's registry names the origin's lake: point the copy's at its own
+        from loopwise.backends import Backends
+        from loopwise.features.store import ensure_applied
+
+        settings = load_settings()
+        backends = Backends(settings)
+        ensure_applied(backends.feature_store(), backends.use_case.feature_repo, settings.lake_uri)
+    return steps, landed, home
+
+
+@contextmanager
+def _profile(env: dict[str, str]) -> Iterator[None]:
+    """The profile comes from the environment (feature_repo/ reads the lake's location from it too): set it while
+    building or loading only, so the tests that follow see their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("LOOPWISE")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield
