@@ -1,6 +1,6 @@
 """The data-layer assets materialized in a temporary Dagster instance on the embedded engine."""
 
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pytest
@@ -66,6 +66,34 @@ def test_a_backfill_range_runs_as_one_run(built: Built) -> None:
     silver = stages.silver_table(built.lake, "orders")
     assert silver.current_version() == 0  # one commit for both days
     assert silver.count(DateRange.of(DAY1)) > 0 and silver.count(DateRange.of(DAY2)) > 0
+
+
+def test_the_landing_sensor_starts_one_run_per_stretch_of_consecutive_days(settings: Settings, lake: Lake) -> None:
+    from assets.raw import RAW_ASSETS
+    from sensors.landing import landing_sensor
+
+    later = DAY2 + timedelta(days=2)
+    for day in (DAY1, DAY2, later):
+        zone.land_day(USE_CASE, settings.paths.landing, day, 40, seed=4)
+    (settings.paths.landing / "orders" / f"{DAY2 + timedelta(days=1)}.csv").write_text("")  # one source only: incomplete
+    sensor_resources = {"lake": resources(settings)["lake"]}
+    with dg.instance_for_test() as instance:
+        first = landing_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
+        assert isinstance(first, dg.SensorResult)
+        requests = first.run_requests or []
+        assert [(r.partition_key, r.partition_key_range) for r in requests] == [
+            (None, dg.PartitionKeyRange(DAY1.isoformat(), DAY2.isoformat())), (later.isoformat(), None)]
+        # The range request runs as one run that ingests both days.
+        result = dg.materialize(RAW_ASSETS, instance=instance, resources=resources(settings), tags=requests[0].tags)
+        assert result.success
+        raw = stages.raw_table(lake, "orders")
+        assert raw.count(DateRange.of(DAY1)) > 0 and raw.count(DateRange.of(DAY2)) > 0 and len(instance.get_runs()) == 1
+        again = landing_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=sensor_resources))
+        assert isinstance(again, dg.SkipReason)
+        zone.land_day(USE_CASE, settings.paths.landing, DAY2, 40, seed=5)  # landed anew: that day alone again
+        relanded = landing_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=sensor_resources))
+        assert isinstance(relanded, dg.SensorResult)
+        assert [r.partition_key for r in relanded.run_requests or []] == [DAY2.isoformat()]
 
 
 def test_quarantine_holds_exactly_the_bad_rows_and_silver_none(settings: Settings, lake: Lake) -> None:
