@@ -11,8 +11,7 @@ from datetime import date
 import dagster as dg
 from loopwise.config import Settings
 
-from assets import ALL_ASSETS
-from assets.features import FEATURE_TABLE_ASSETS
+from assets import ALL_ASSETS, DATA_PATH
 from assets.models import keys
 from assets.usecase import USE_CASE
 from resources import build_resources
@@ -34,9 +33,7 @@ def steps() -> list[Step]:
     models = [keys(spec) for spec in USE_CASE.models]
     return [
         Step("register features (feast apply)", dg.AssetSelection.assets("feast_registry"), False),
-        Step("landing files to silver, features, online store",
-             dg.AssetSelection.groups("raw", "bronze", "silver")
-             | dg.AssetSelection.assets(*FEATURE_TABLE_ASSETS, "online_features"), True),
+        Step("landing files to silver, features, online store", DATA_PATH, True),
         Step("training sets (point-in-time join through Feast)",
              dg.AssetSelection.assets(*(k["training_set"] for k in models)), False),
         Step("train, evaluate, register each model through its gate, deploy it",

@@ -1,11 +1,13 @@
-"""The landing sensor: a day whose files are complete starts its raw ingest; automation does the rest.
+"""The landing sensor: a day whose files are complete starts its data path, raw to the online store.
 
 A sensor, not an automation condition, because the trigger lives outside Dagster (files in the
 landing zone) and needs a look at them: a day counts once every source's file is there, and again
 when any file is landed anew. Consecutive days seen at one tick start one run over their range (the
-raw assets' single-run backfill policy), so a week landed at once is one run, not seven racing each
-other, and automation then carries them downstream together. From raw on, `assets.automation.CARRY_DAY`
-carries the days through bronze, silver and the feature tables to the online store.
+data path's single-run backfill policy), so a week landed at once is one run, not seven racing each
+other. The run carries the days through raw, bronze, silver and the feature tables to the online store
+(`assets.DATA_PATH`): a run per stage, each waiting for an automation tick and starting its own process
+and engine session, cost the `loopwise loop` ~15 s a landing. `assets.automation.CARRY_DAY` still
+carries a day whose parents change any other way (raw re-materialized from the UI, a partial backfill).
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ import dagster as dg
 from loopwise.config import load_settings
 from loopwise.landing.zone import complete_days
 
+from assets import DATA_PATH
 from assets.partitions import DAILY
-from assets.raw import RAW_ASSETS
 from assets.usecase import USE_CASE
 from resources import LakeResource
 
 _automation = load_settings().automation
 
 
-@dg.sensor(name="landing_sensor", target=RAW_ASSETS, minimum_interval_seconds=_automation.landing_interval_seconds,
+@dg.sensor(name="landing_sensor", target=DATA_PATH, minimum_interval_seconds=_automation.landing_interval_seconds,
            default_status=dg.DefaultSensorStatus.RUNNING if _automation.on_by_default else dg.DefaultSensorStatus.STOPPED,
-           description="Requests the raw ingest of each day whose landing files are complete (every source), "
-                       "again when a file is landed anew; declarative automation carries it downstream.")
+           description="Requests the data path (raw to the online store) of each day whose landing files are "
+                       "complete (every source), again when a file is landed anew; consecutive days in one run.")
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     days = complete_days(lake.landing_root(), [s.name for s in USE_CASE.sources])

@@ -69,7 +69,8 @@ def test_a_backfill_range_runs_as_one_run(built: Built) -> None:
 
 
 def test_the_landing_sensor_starts_one_run_per_stretch_of_consecutive_days(settings: Settings, lake: Lake) -> None:
-    from assets.raw import RAW_ASSETS
+    from assets import ALL_ASSETS
+    from resources import build_resources
     from sensors.landing import landing_sensor
 
     later = DAY2 + timedelta(days=2)
@@ -83,11 +84,12 @@ def test_the_landing_sensor_starts_one_run_per_stretch_of_consecutive_days(setti
         requests = first.run_requests or []
         assert [(r.partition_key, r.partition_key_range) for r in requests] == [
             (None, dg.PartitionKeyRange(DAY1.isoformat(), DAY2.isoformat())), (later.isoformat(), None)]
-        # The range request runs as one run that ingests both days.
-        result = dg.materialize(RAW_ASSETS, instance=instance, resources=resources(settings), tags=requests[0].tags)
-        assert result.success
-        raw = stages.raw_table(lake, "orders")
-        assert raw.count(DateRange.of(DAY1)) > 0 and raw.count(DateRange.of(DAY2)) > 0 and len(instance.get_runs()) == 1
+        # The range request is one run that carries both days from raw to the online store, as the daemon runs it.
+        result = dg.materialize(ALL_ASSETS, selection=landing_sensor.job.selection, instance=instance,
+                                resources=build_resources(settings, USE_CASE), tags=requests[0].tags)
+        assert result.success and len(instance.get_runs()) == 1
+        for key in ("raw_orders", "silver_tickets", "online_features"):
+            assert instance.get_materialized_partitions(dg.AssetKey(key)) == {DAY1.isoformat(), DAY2.isoformat()}, key
         again = landing_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=sensor_resources))
         assert isinstance(again, dg.SkipReason)
         zone.land_day(USE_CASE, settings.paths.landing, DAY2, 40, seed=5)  # landed anew: that day alone again

@@ -220,13 +220,15 @@ def loop(
     days: Annotated[int, typer.Option(help="normal days to land before the drifted one")] = 3,
     drift: Annotated[str, typer.Option(help="how the drifted day differs (see `loopwise land --help`)")] =
         "amounts=1.8",
-    traffic: Annotated[int | None, typer.Option(help="predictions replayed per model for the normal days (default: "
-                                                     "the served baseline's rows and one drift check's)")] = None,
+    traffic: Annotated[int | None, typer.Option(help="predictions of the normal days replayed to the model the loop "
+                                                     "follows (default: the served baseline's rows and one drift "
+                                                     "check's)")] = None,
     ui_port: Annotated[int, typer.Option(help="where the Dagster UI listens (the service: serving.port)")] = 3000,
 ) -> None:
     """The closed loop with Dagster's own daemon and the service: land normal days (automation carries them to a
-    released champion), replay traffic, land a drifted day and replay it; drift is detected, the model retrains and
-    is canaried, then promoted or rolled back. Prints each step as it happens, then the serving model's lineage."""
+    released champion of every model), replay traffic, land a drifted day and replay it; drift is detected, the
+    model retrains and is canaried, then promoted or rolled back. The traffic goes to one model, the first without
+    a text input. Prints each step as it happens, then the serving model's lineage."""
     backends = _backends()
     settings = backends.settings
     try:
