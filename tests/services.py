@@ -117,9 +117,10 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) 
 
 
 @contextmanager
-def server_process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def server_process(args: list[str], log: Path, env: dict[str, str] | None = None,
+                   grace_seconds: float = 60) -> Iterator[subprocess.Popen]:
     """A server started from the repository in its own session, its output in `log` (a pipe nobody reads fills up
-    and blocks it mid-request), stopped with its workers afterwards: SIGTERM, then SIGKILL."""
+    and blocks it mid-request), stopped with its workers afterwards: SIGTERM, then SIGKILL after `grace_seconds`."""
     from loopwise.processes import stop_group
 
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -127,7 +128,7 @@ def server_process(args: list[str], log: Path, env: dict[str, str] | None = None
     try:
         yield proc
     finally:
-        stop_group(proc, 60)
+        stop_group(proc, grace_seconds)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180,

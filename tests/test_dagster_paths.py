@@ -67,8 +67,9 @@ def dg_dev(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     # tests/test_loop.py's, through the README's first command).
     env = fresh_env(tmp_path, LOOPWISE__AUTOMATION__ON_BY_DEFAULT="false")
     url = f"http://127.0.0.1:{port}"
+    # An idle `dg dev` stops in ~3 s on SIGTERM; one in this suite once took the whole 60 s (its test had passed).
     with server_process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "dg-dev.log",
-                        env) as proc:
+                        env, grace_seconds=20) as proc:
         wait_http(f"{url}/server_info", proc, "dg dev", seconds=180)
         yield url, env
 

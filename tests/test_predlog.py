@@ -353,8 +353,9 @@ def test_the_flusher_moves_a_quiet_process_segment_within_its_interval(where) ->
         time.sleep(0.02)
     assert sorted(logged_ids(table)) == [f"q{i}" for i in range(5)]
     log.append([record("after")])  # a fresh segment after the rotation
-    assert log.close() == 1
-    assert len(logged_ids(table)) == 6 and not segments(directory)
+    # close() moves it unless the flusher, rotating every 50 ms, got there first (seen under load): once, either way.
+    assert log.close() in (0, 1)
+    assert sorted(logged_ids(table)) == sorted([*(f"q{i}" for i in range(5)), "after"]) and not segments(directory)
 
 
 def test_a_forked_worker_writes_a_segment_of_its_own(where) -> None:
