@@ -2,9 +2,10 @@
 service run as a team would run them; this only does what the world outside does (land files, send traffic) and
 reports, from the instance and the audit trail, what the platform does by itself:
 
-1. normal days land; automation carries them to silver, features and the online store, and the retraining sensor
-   trains, gates and releases each model's first champion;
-2. traffic is replayed against the service;
+1. normal days land; the landing sensor's run carries them to silver, features and the online store, and the
+   retraining sensor trains, gates and releases each model's first champion;
+2. traffic is replayed against the service, to the model the loop follows (the first without a text input) as
+   soon as it is served, while the others finish training;
 3. drifted days land and their traffic is replayed;
 4. the prediction monitor finds the drift, the retraining sensor retrains, the new version is canaried;
 5. the canary analysis promotes it, or rolls it back if it is worse; the serving model's lineage is printed.

@@ -48,21 +48,10 @@ def _xdist_controller(config: pytest.Config) -> bool:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The closed loop's end-to-end test runs `loopwise loop` (~6 min) in the background, beside the rest of the
-    suite (it mostly waits on the Dagster daemon's ticks): started as soon as the tests are collected, asserted
-    last. Under pytest-xdist (`make test`) the controller starts it, beside both workers."""
-    # `built` is made once for all workers (~100 s): the first file that needs it goes first, so that one worker
-    # builds it at once, and the other files that need it go after the rest, so that the other worker runs what
-    # needs no platform meanwhile instead of waiting for it. xdist hands out files in this order.
-    needs = {item.path for item in items if "built" in getattr(item, "fixturenames", ())}
-    first = next((item.path for item in items if item.path in needs), None)
-
-    def order(item: pytest.Item) -> int:
-        if _is_loop(item.nodeid):
-            return 3
-        return 0 if item.path == first else 2 if item.path in needs else 1
-
-    items.sort(key=order)  # stable: a file's tests keep their order
+    """The closed loop's end-to-end test runs `loopwise loop` (~4 min alone, 8-10 min beside the suite) in the
+    background, beside the rest of the suite (it mostly waits on the Dagster daemon's ticks): started as soon as
+    the tests are collected, asserted last. Under pytest-xdist (`make test`) the controller starts it, beside both workers."""
+    items[:] = [item for item in items if not _is_loop(item.nodeid)] + [item for item in items if _is_loop(item.nodeid)]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
