@@ -153,7 +153,7 @@ def replay(base: str, batch: dict[str, list[dict[str, Any]]], per_model: int, ca
 def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "amounts=1.8",
              traffic: int | None = None, ui_port: int = 3000) -> None:
     """The whole loop; raises LoopFailed naming the stage that did not happen. `traffic`: the normal days'
-    predictions per model, by default enough for the champion's served baseline and one drift check."""
+    predictions replayed to the followed model, by default enough for its served baseline and one drift check."""
     from loopwise.landing import zone
     from loopwise.lineage import model_lineage
     from loopwise.rollout import current

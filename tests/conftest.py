@@ -50,7 +50,8 @@ def _xdist_controller(config: pytest.Config) -> bool:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """The closed loop's end-to-end test runs `loopwise loop` (~4 min alone, 8-10 min beside the suite) in the
     background, beside the rest of the suite (it mostly waits on the Dagster daemon's ticks): started as soon as
-    the tests are collected, asserted last. Under pytest-xdist (`make test`) the controller starts it, beside both workers."""
+    the tests are collected, asserted last. Under pytest-xdist (`make test`) the controller starts it, beside
+    both workers."""
     items[:] = [item for item in items if not _is_loop(item.nodeid)] + [item for item in items if _is_loop(item.nodeid)]
 
 
@@ -186,11 +187,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         steps, landed = _build(home)
     else:
         steps, landed, home = _shared_build(tmp_path_factory.getbasetemp().parent / "built", worker)
-    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
+    env = _built_env(home)
     with _profile(env):
         settings = load_settings()
+        if worker is not None:  # Feast's registry names the origin's lake: point the copy's at its own
+            from loopwise.backends import Backends
+            from loopwise.features.store import ensure_applied
+
+            backends = Backends(settings)
+            ensure_applied(backends.feature_store(), backends.use_case.feature_repo, settings.lake_uri)
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         yield Built(settings, instance, steps, landed, env)
+
+
+def _built_env(home: Path) -> dict[str, str]:
+    """The built platform's profile, with its data root under `home`."""
+    return {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
 
 
 def _build(home: Path) -> tuple[list[object], list[object]]:
@@ -201,9 +213,8 @@ def _build(home: Path) -> tuple[list[object], list[object]]:
 
     from jobs import main
 
-    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
     (home / "dagster").mkdir(parents=True)
-    with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance, _profile(env):
+    with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance, _profile(_built_env(home)):
         settings = load_settings()
         landed = [f for day in (DAY1, DAY2) for f in
                   zone.land_day(USE_CASE, settings.paths.landing, day, 200, seed=15, bad_row_fraction=0.02)]
@@ -238,16 +249,7 @@ def _shared_build(shared: Path, worker: str) -> tuple[list[object], list[object]
             result.write_bytes(pickle.dumps((steps, landed)))
         steps, landed = pickle.loads(result.read_bytes())
     home = shared / worker
-    landed = [replace(f, path=home / f.path.relative_to(shared / "origin")) for f in landed]
-    env = {**BUILT_ENV, "LOOPWISE_DATA_DIR": str(home / "data")}
-    with _profile(env):  # Feast's registry names the origin's lake: point the copy's at its own
-        from loopwise.backends import Backends
-        from loopwise.features.store import ensure_applied
-
-        settings = load_settings()
-        backends = Backends(settings)
-        ensure_applied(backends.feature_store(), backends.use_case.feature_repo, settings.lake_uri)
-    return steps, landed, home
+    return steps, [replace(f, path=home / f.path.relative_to(shared / "origin")) for f in landed], home
 
 
 @contextmanager
