@@ -33,7 +33,7 @@ import dagster as dg
 from loopwise.backends import Backends
 from loopwise.config import Settings
 from loopwise.events.store import EventStore
-from loopwise.processes import stop_group
+from loopwise.processes import pass_on_sigint, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -47,15 +47,20 @@ class LoopFailed(RuntimeError):
 
 
 @contextmanager
-def process(argv: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A child process (its own session, output to `log`), stopped with SIGTERM (then SIGKILL) on exit."""
+def process(argv: list[str], log: Path, env: dict[str, str],
+            signum: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
+    """A child process (its own session, output to `log`), stopped with `signum` (then SIGKILL) on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         yield proc
     finally:
-        stop_group(proc, 30)
+        stopping = time.monotonic()
+        killed = stop_group(proc, 30, signum)
+        with log.open("a") as out:
+            out.write(f"loopwise loop: stopped in {time.monotonic() - stopping:.1f} s"
+                      + "".join(f"\n  killed after the grace: {argv[:300]}" for argv in killed) + "\n")
 
 
 def http(url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
@@ -160,6 +165,7 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
     from loopwise.rollout.policy import describe
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the children
+    pass_on_sigint()  # dg dev stops on SIGINT, even where the loop was started with it ignored
     backends = Backends(settings)
     use_case, store = backends.use_case, backends.events()
     start = settings.demo.dates[0]
@@ -178,7 +184,8 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
             raise LoopFailed(f"{host}:{port}, where {what} would listen, is in use (an earlier `loopwise loop`, "
                              "`make dev` or `loopwise serve`?): stop it, or choose --ui-port, or serving.port for the service")
     with dg.DagsterInstance.get() as instance, \
-            process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env), \
+            process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env,
+                    signal.SIGINT), \
             process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env) as service:
         say(f"Dagster UI (webserver and daemon): http://127.0.0.1:{ui_port}   service: {base}   logs: {logs}")
         for day in days:

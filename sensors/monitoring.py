@@ -87,9 +87,9 @@ def new_labelled_days(lake: LakeResource, spec_name: str) -> int:
     return sum(1 for p in outcomes.partitions() if str(p["partition_date"]) > str(built))
 
 
-def ready_for_first_training(lake: LakeResource, spec_name: str) -> str | None:
+def ready_for_first_training(instance: dg.DagsterInstance, lake: LakeResource, spec_name: str) -> str | None:
     """Why a never-trained model can train now (every landed day of the sources it reads, its outcomes included,
-    reached silver, and every feature table covers those days), or None."""
+    reached silver, and every feature table covers those days, in Delta and in Dagster's record), or None."""
     from loopwise.pipelines.stages import raw_table, silver_table
 
     spec = USE_CASE.model(spec_name)
@@ -104,11 +104,15 @@ def ready_for_first_training(lake: LakeResource, spec_name: str) -> str | None:
         landed |= {str(p["partition_date"]) for p in raw.partitions()}
     if not landed:
         return None
-    needed = [silver_table(lake.lake(), source).delta() for source in sources]
-    needed += [lake.lake().table(table.name).delta() for table in USE_CASE.feature_tables]
-    for delta in needed:
+    needed = {f"silver_{source}": silver_table(lake.lake(), source).delta() for source in sources}
+    needed |= {table.name: lake.lake().table(table.name).delta() for table in USE_CASE.feature_tables}
+    for name, delta in needed.items():
         if delta is None or not landed <= {str(p["partition_date"]) for p in delta.partitions()}:
             return None  # landed days are still on their way to silver or the feature tables
+        # A step commits its Delta table before Dagster records the materialization: training earlier would
+        # leave the training set older than a parent in the lineage graph.
+        if not landed <= instance.get_materialized_partitions(dg.AssetKey(name)):
+            return None
     return f"{', '.join(sources)} and the features landed through {max(landed)}; the model was never trained"
 
 
@@ -172,7 +176,7 @@ def retrain_requests(context: dg.SensorEvaluationContext, lake: LakeResource, ev
         k = keys(spec)
         built = context.instance.get_latest_materialization_event(k["training_set"])
         if built is None:
-            why = ready_for_first_training(lake, spec.name)
+            why = ready_for_first_training(context.instance, lake, spec.name)
             decision = RetrainDecision(spec.name, "missing", why, {}) if why and not store.read(
                 kind=RETRAIN_REQUESTED, subject=subject(spec.name)) else None
         else:

@@ -111,7 +111,8 @@ def spark() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def apache_spark(spark: object) -> object:
-    """A real Apache Spark Connect server (local[2], needs Java 17), proven not to be Sail."""
+    """A real Apache Spark Connect server (local[2], needs Java 17), proven not to be Sail. Only
+    tests/test_transforms.py asks for it, so that one worker starts the Java server, once."""
     import shutil
 
     from loopwise.spark import connect, engine_version

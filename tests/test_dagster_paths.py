@@ -7,6 +7,7 @@ backfill). Nothing is started by hand.
 """
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -67,9 +68,9 @@ def dg_dev(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     # tests/test_loop.py's, through the README's first command).
     env = fresh_env(tmp_path, LOOPWISE__AUTOMATION__ON_BY_DEFAULT="false")
     url = f"http://127.0.0.1:{port}"
-    # An idle `dg dev` stops in ~3 s on SIGTERM; one in this suite once took the whole 60 s (its test had passed).
+    # Stopped as Ctrl-C stops it (SIGINT to its group): on SIGTERM one in this suite took the whole 60 s.
     with server_process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "dg-dev.log",
-                        env, grace_seconds=20) as proc:
+                        env, grace_seconds=20, signum=signal.SIGINT) as proc:
         wait_http(f"{url}/server_info", proc, "dg dev", seconds=180)
         yield url, env
 

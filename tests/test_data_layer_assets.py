@@ -72,6 +72,7 @@ def test_the_landing_sensor_starts_one_run_per_stretch_of_consecutive_days(setti
     from assets import ALL_ASSETS
     from resources import build_resources
     from sensors.landing import landing_sensor
+    from sensors.monitoring import ready_for_first_training
 
     later = DAY2 + timedelta(days=2)
     for day in (DAY1, DAY2, later):
@@ -90,6 +91,10 @@ def test_the_landing_sensor_starts_one_run_per_stretch_of_consecutive_days(setti
         assert result.success and len(instance.get_runs()) == 1
         for key in ("raw_orders", "silver_tickets", "online_features"):
             assert instance.get_materialized_partitions(dg.AssetKey(key)) == {DAY1.isoformat(), DAY2.isoformat()}, key
+        # A never-trained model trains once both days are in Delta and in Dagster's record, not on the Delta alone.
+        assert ready_for_first_training(instance, sensor_resources["lake"], "order-refund-risk")
+        with dg.instance_for_test() as unrecorded:
+            assert ready_for_first_training(unrecorded, sensor_resources["lake"], "order-refund-risk") is None
         again = landing_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=sensor_resources))
         assert isinstance(again, dg.SkipReason)
         zone.land_day(USE_CASE, settings.paths.landing, DAY2, 40, seed=5)  # landed anew: that day alone again

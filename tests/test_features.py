@@ -92,9 +92,7 @@ def test_means_and_rates_round_half_up_exactly(spark) -> None:
     assert half_boundary_features(spark) == (0.02, 10.01, 0.0188)
 
 
-@pytest.mark.apache_spark
-def test_apache_spark_rounds_feature_boundaries_the_same(spark, apache_spark) -> None:
-    assert half_boundary_features(apache_spark) == half_boundary_features(spark) == (0.02, 10.01, 0.0188)
+# Apache Spark rounds them the same: tests/test_transforms.py, where the session's one Apache Spark server runs.
 
 
 def test_escalation_counts_only_outcomes_known_by_the_as_of_day(spark) -> None:

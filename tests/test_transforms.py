@@ -175,6 +175,15 @@ def test_apache_spark_connect_gives_identical_results(spark, apache_spark, lande
     assert all(on_sail[k] for k in on_sail)  # nothing compared vacuously
 
 
+@pytest.mark.apache_spark
+def test_apache_spark_rounds_feature_boundaries_the_same(spark, apache_spark) -> None:
+    """The feature tables' half-way rounding (tests/test_features.py), here beside the other Apache Spark tests:
+    one worker starts the Java server once."""
+    from tests.test_features import half_boundary_features
+
+    assert half_boundary_features(apache_spark) == half_boundary_features(spark) == (0.02, 10.01, 0.0188)
+
+
 ENGINE_ORDER_SCRIPT = """
 import json
 from loopwise.spark import connect, engine_version

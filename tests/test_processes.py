@@ -1,0 +1,49 @@
+"""Child process groups (loopwise.processes): what `loopwise loop` and the tests use to stop `dg dev` and the
+service, with real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from loopwise.processes import pass_on_sigint, stop_group
+
+# A parent started with SIGINT ignored (as a `&` job of a shell, or under nohup) that starts a child in its own
+# group, as the loop starts `dg dev`, and stops it with SIGINT as the loop does; prints how the child ended.
+PARENT = """
+import signal, subprocess, sys, time
+from loopwise.processes import pass_on_sigint, stop_group
+if sys.argv[1] == "pass":
+    pass_on_sigint()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+time.sleep(1)
+started = time.monotonic()
+killed = stop_group(child, 5, signal.SIGINT)
+print(child.returncode, round(time.monotonic() - started, 1), len(killed))
+"""
+
+
+def _parent(mode: str) -> tuple[int, float, int]:
+    done = subprocess.run([sys.executable, "-c", PARENT, mode], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0, done.stderr
+    code, seconds, killed = done.stdout.split()
+    return int(code), float(seconds), int(killed)
+
+
+def test_a_child_takes_sigint_even_where_its_parent_was_started_ignoring_it() -> None:
+    code, seconds, killed = _parent("pass")
+    assert code != -signal.SIGKILL and killed == 0 and seconds < 5  # stopped by the SIGINT, not after the grace
+    # Without it the child inherits the ignoring: only the SIGKILL after the grace stops it, and it is named.
+    code, seconds, killed = _parent("inherit")
+    assert code == -signal.SIGKILL and killed == 1 and seconds >= 5
+
+
+def test_stop_group_names_nothing_for_a_group_that_stops() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    time.sleep(0.2)
+    assert stop_group(proc, 5) == [] and proc.returncode == -signal.SIGTERM
+    pass_on_sigint()  # harmless where SIGINT is handled already
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
