@@ -24,7 +24,7 @@ loop: $(STAMP)
 
 ## test: set up and run the test suite (see README for the services it uses) in TEST_WORKERS processes
 ## (pytest-xdist, a test file per worker at a time; TEST_WORKERS=0 runs it in one process)
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

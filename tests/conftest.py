@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """The closed loop's end-to-end test runs `loopwise loop` (~4 min alone, 8-10 min beside the suite) in the
     background, beside the rest of the suite (it mostly waits on the Dagster daemon's ticks): started as soon as
     the tests are collected, asserted last. Under pytest-xdist (`make test`) the controller starts it, beside
-    both workers."""
+    its workers."""
     items[:] = [item for item in items if not _is_loop(item.nodeid)] + [item for item in items if _is_loop(item.nodeid)]
 
 

@@ -4,7 +4,7 @@ Real processes on loopback, nothing started by hand: `dg dev` (Dagster's webserv
 landing sensor, the automation conditions, the prediction monitor, the retraining sensor and the canary analysis)
 and `loopwise serve`. The loop itself only lands files and sends traffic. It is the closed loop's one end-to-end
 path, and the slowest: it mostly waits on the daemon's ticks, so `tests/conftest.py` starts it in the background
-as soon as the tests are collected (in the xdist controller, beside both workers, or in the one pytest process),
+as soon as the tests are collected (in the xdist controller, beside its workers, or in the one pytest process),
 and this test, run last, asserts from the audit trail every stage in the order it happened.
 """
 
