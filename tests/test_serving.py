@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from loopwise.lake.tables import Lake
 from supportdesk import USE_CASE
@@ -217,6 +218,38 @@ def test_a_micro_batch_reads_features_once_and_scores_each_instance_as_alone(bui
         assert answer.scores[0] == pytest.approx(loaded.score_instances([instance], alone)[0], abs=1e-6)
     assert {v.status for v in answers[1].features[0].values.values()} == {Status.MISSING}
     assert Status.MISSING not in {v.status for v in answers[0].features[0].values.values()}
+
+
+def test_a_trained_version_scores_directly_exactly_as_its_pyfunc_does(built: Built) -> None:
+    """The service scores a version Loopwise trained from its columns as arrays, not through MLflow's pyfunc on a
+    frame: the same scores, bit for bit, for each declared model (the text model included), with the features a
+    request may meet: read, missing (an unknown customer), a null text and an unseen category."""
+    from datetime import timedelta
+
+    from loopwise.backends import Backends
+    from loopwise.features.retrieval import online_features
+    from loopwise.serving.models import join_keys_of, load_version, resolve_version
+
+    backends = Backends(built.settings)
+    store = backends.feature_store()
+    stale_after = timedelta(hours=built.settings.features.stale_after_hours)
+    for spec in USE_CASE.models:
+        keys = join_keys_of(store, spec.feature_service)
+        loaded = load_version(built.settings.tracking_uri, spec, resolve_version(built.settings.tracking_uri, spec)[0],
+                              "champion", keys)
+        assert loaded.direct is not None, f"{spec.name}: a version Loopwise trained is scored directly"
+        known = instances(built)[spec.name]
+        batch = [*known, {**known[0], "customer_id": "C-NOBODY"}]
+        if spec.text:
+            batch.append({**known[1], spec.text: None})
+        for column in spec.categorical:
+            batch.append({**known[2], column: "a level never seen"})
+        features = online_features(store, spec.feature_service, [{k: i[k] for k in keys} for i in batch], stale_after)
+        direct = loaded.score_instances(batch, features)
+        through_pyfunc = loaded.score(loaded.frame(batch, features))
+        assert direct.dtype == through_pyfunc.dtype and np.array_equal(direct, through_pyfunc), (spec.name, direct,
+                                                                                                  through_pyfunc)
+        assert len(set(direct.round(6))) > 1, f"{spec.name}: the cases score differently"
 
 
 def test_micro_batches_of_a_version_score_in_as_many_slots_as_it_has(tmp_path: Path) -> None:

@@ -352,7 +352,7 @@ def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
         join_keys = service.join_keys[spec.name]
         routes = [router.route(str(inst[join_keys[0]]) if router.sticky else None) for inst in instances]
         served = _groups([(r.arm, r.version) for r in routes])
-        # Each version's micro-batch reads its requests' online features at once and scores them in one frame.
+        # Each version's micro-batch reads its requests' online features at once and scores them in one call.
         outcomes = await asyncio.gather(*(_score(service, spec.name, version, [instances[i] for i in idx])
                                           for (_, version), idx in served.items()), return_exceptions=True)
         for outcome in outcomes:

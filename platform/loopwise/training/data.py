@@ -71,19 +71,29 @@ def split_of(key: str, validation: float = 0.15, holdout: float = 0.15) -> str:
 
 def feature_matrix(frame: pd.DataFrame, layout: InputLayout) -> np.ndarray:
     """Numeric features (nulls as 0, with a presence flag per view), numeric inputs, one-hot categoricals."""
-    # One array conversion per block, not pandas work per column: this runs once per micro-batch when serving.
-    names = list(layout.features)
-    features = frame.reindex(columns=names).to_numpy(dtype="float64", na_value=np.nan)
+    floats = {c: frame[c].to_numpy(dtype="float64", na_value=np.nan) for c in (*layout.features, *layout.numeric)
+              if c in frame}  # a feature the frame lacks is null
+    return matrix_of({**floats, **{c: frame[c].to_numpy(dtype=object) for c in layout.categorical}}, layout, len(frame))
+
+
+def matrix_of(columns: dict[str, np.ndarray], layout: InputLayout, rows: int) -> np.ndarray:
+    """`feature_matrix` of columns already as arrays (features and numeric inputs float64, a null as NaN;
+    categoricals object), with no pandas: a micro-batch's scoring is built from its requests this way."""
+    def floats(names: tuple[str, ...]) -> np.ndarray:
+        missing = np.full(rows, np.nan)
+        return np.column_stack([columns.get(name, missing) for name in names]) if names else np.empty((rows, 0))
+
+    features = floats(layout.features)
     present = ~np.isnan(features)
     parts = [np.where(present, features, 0.0)]
     if layout.presence:
-        position = {name: i for i, name in enumerate(names)}
+        position = {name: i for i, name in enumerate(layout.features)}
         parts.append(present[:, [position[column] for _, column in layout.presence]])
     if layout.numeric:
-        numeric = frame.reindex(columns=list(layout.numeric)).to_numpy(dtype="float64", na_value=np.nan)
+        numeric = floats(layout.numeric)
         parts.append(np.where(np.isnan(numeric), 0.0, numeric))
     for column, levels in layout.categorical.items():
-        parts.append(frame[column].to_numpy(dtype=object)[:, None] == np.array(levels, dtype=object)[None, :])
+        parts.append(np.asarray(columns[column], dtype=object)[:, None] == np.array(levels, dtype=object)[None, :])
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 

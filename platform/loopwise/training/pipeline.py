@@ -52,15 +52,21 @@ def _pyfunc_class() -> type:
             self.model.eval()
 
         def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-            features = torch.from_numpy(feature_matrix(model_input, self.layout))
-            with torch.no_grad():
-                if self.layout.text:
-                    texts = model_input[self.layout.text].fillna("").astype(str).tolist()
-                    embeddings = embed_texts(self.model.encoder, self.tokenizer, texts, self.max_length)
-                    return torch.sigmoid(self.model(features, embeddings)).numpy()
-                return torch.sigmoid(self.model(features)).numpy()
+            texts = model_input[self.layout.text].fillna("").astype(str).tolist() if self.layout.text else None
+            return score_matrix(self, feature_matrix(model_input, self.layout), texts)
 
     return ScoringPyfunc
+
+
+def score_matrix(scoring: Any, matrix: np.ndarray, texts: list[str] | None) -> np.ndarray:
+    """The probabilities of a loaded scoring model (`scoring`: the pyfunc's python model, with its `model`,
+    `layout` and, for a text input, `tokenizer` and `max_length`) for a feature matrix and the texts."""
+    features = torch.from_numpy(matrix)
+    with torch.no_grad():
+        if scoring.layout.text:
+            embeddings = embed_texts(scoring.model.encoder, scoring.tokenizer, texts or [], scoring.max_length)
+            return torch.sigmoid(scoring.model(features, embeddings)).numpy()
+        return torch.sigmoid(scoring.model(features)).numpy()
 
 
 @dataclass
