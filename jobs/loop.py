@@ -60,7 +60,7 @@ def process(argv: list[str], log: Path, env: dict[str, str],
         killed = stop_group(proc, 30, signum)
         with log.open("a") as out:
             out.write(f"loopwise loop: stopped in {time.monotonic() - stopping:.1f} s"
-                      + "".join(f"\n  killed after the grace: {argv[:300]}" for argv in killed) + "\n")
+                      + "".join(f"\n  killed after the grace: {line[:300]}" for line in killed) + "\n")
 
 
 def http(url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
