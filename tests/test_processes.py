@@ -6,19 +6,21 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 from loopwise.processes import pass_on_sigint, stop_group
+
+SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
 
 # A parent started with SIGINT ignored (as a `&` job of a shell, or under nohup) that starts a child in its own
 # group, as the loop starts `dg dev`, and stops it with SIGINT as the loop does; prints how the child ended.
-PARENT = """
+PARENT = f"""
 import signal, subprocess, sys, time
 from loopwise.processes import pass_on_sigint, stop_group
+SLEEPER = {SLEEPER!r}
 if sys.argv[1] == "pass":
     pass_on_sigint()
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-time.sleep(1)
+child = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, start_new_session=True)
+child.stdout.readline()  # running its own code: a signal before its exec would meet the parent's handlers
 started = time.monotonic()
 killed = stop_group(child, 5, signal.SIGINT)
 print(child.returncode, round(time.monotonic() - started, 1), len(killed))
@@ -42,8 +44,8 @@ def test_a_child_takes_sigint_even_where_its_parent_was_started_ignoring_it() ->
 
 
 def test_stop_group_names_nothing_for_a_group_that_stops() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    time.sleep(0.2)
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
     assert stop_group(proc, 5) == [] and proc.returncode == -signal.SIGTERM
     pass_on_sigint()  # harmless where SIGINT is handled already
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
