@@ -17,13 +17,11 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import date, timedelta
 from itertools import cycle, islice
 from pathlib import Path
@@ -33,7 +31,7 @@ import dagster as dg
 from loopwise.backends import Backends
 from loopwise.config import Settings
 from loopwise.events.store import EventStore
-from loopwise.processes import pass_on_sigint, stop_group
+from loopwise.processes import running
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -44,23 +42,6 @@ Say = Callable[[str], None]
 
 class LoopFailed(RuntimeError):
     """A stage of the loop did not happen in time; the message says which and where to look."""
-
-
-@contextmanager
-def process(argv: list[str], log: Path, env: dict[str, str],
-            signum: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
-    """A child process (its own session, output to `log`), stopped with `signum` (then SIGKILL) on exit."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        yield proc
-    finally:
-        stopping = time.monotonic()
-        killed = stop_group(proc, 30, signum)
-        with log.open("a") as out:
-            out.write(f"loopwise loop: stopped in {time.monotonic() - stopping:.1f} s"
-                      + "".join(f"\n  killed after the grace: {line[:300]}" for line in killed) + "\n")
 
 
 def http(url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
@@ -165,7 +146,6 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
     from loopwise.rollout.policy import describe
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: still stop the children
-    pass_on_sigint()  # dg dev stops on SIGINT, even where the loop was started with it ignored
     backends = Backends(settings)
     use_case, store = backends.use_case, backends.events()
     start = settings.demo.dates[0]
@@ -184,9 +164,9 @@ def run_loop(settings: Settings, say: Say, normal_days: int = 3, drift: str = "a
             raise LoopFailed(f"{host}:{port}, where {what} would listen, is in use (an earlier `loopwise loop`, "
                              "`make dev` or `loopwise serve`?): stop it, or choose --ui-port, or serving.port for the service")
     with dg.DagsterInstance.get() as instance, \
-            process([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env,
-                    signal.SIGINT), \
-            process([str(BIN / "loopwise"), "serve"], logs / "serve.log", env) as service:
+            running([str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(ui_port)], logs / "dagster.log", env,
+                    ROOT, signum=signal.SIGINT), \
+            running([str(BIN / "loopwise"), "serve"], logs / "serve.log", env, ROOT) as service:
         say(f"Dagster UI (webserver and daemon): http://127.0.0.1:{ui_port}   service: {base}   logs: {logs}")
         for day in days:
             landed = zone.land_day(use_case, settings.paths.landing, day, settings.demo.rows_per_day, settings.demo.seed,

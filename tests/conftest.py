@@ -119,15 +119,7 @@ def apache_spark(spark: object) -> object:
 
     if shutil.which("java") is None:
         pytest.skip("Java is not installed: the Apache Spark Connect server cannot start")
-    try:
-        session = connect("local[2]")
-    except Exception as exc:  # noqa: BLE001 - only the launcher's crash is tried again, once, and said
-        if "JAVA_GATEWAY_EXITED" not in str(exc):
-            raise
-        # pyspark forks the Java launcher with a preexec_fn; with this process's Sail channel busy, grpcio >= 1.80
-        # can crash that child before its exec (grpc/grpc#43055, open): it happened once in a CI run here.
-        print(f"\nApache Spark's launcher exited before it started ({exc}); starting it once more (grpc#43055)")
-        session = connect("local[2]")
+    session = connect("local[2]")
     assert engine_version(session).startswith("4."), engine_version(session)
     assert engine_version(spark).startswith("Sail ")
     return session

@@ -120,17 +120,12 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 90) 
 @contextmanager
 def server_process(args: list[str], log: Path, env: dict[str, str] | None = None, grace_seconds: float = 60,
                    signum: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
-    """A server started from the repository in its own session, its output in `log` (a pipe nobody reads fills up
-    and blocks it mid-request), stopped with its workers afterwards: `signum`, then SIGKILL after `grace_seconds`."""
-    from loopwise.processes import pass_on_sigint, stop_group
+    """A server started from the repository in its own session, its output in `log`, stopped with its workers
+    afterwards: `signum`, then SIGKILL after `grace_seconds` (`loopwise.processes.running`)."""
+    from loopwise.processes import running
 
-    pass_on_sigint()  # pytest may run with SIGINT ignored (started in the background): the server must not
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+    with running(args, log, env, ROOT, grace_seconds, signum) as proc:
         yield proc
-    finally:
-        stop_group(proc, grace_seconds, signum)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180,

@@ -12,35 +12,35 @@ from loopwise.processes import pass_on_sigint, stop_group
 SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
 
 # A parent started with SIGINT ignored (as a `&` job of a shell, or under nohup) that starts a child in its own
-# group, as the loop starts `dg dev`, and stops it with SIGINT as the loop does; prints how the child ended.
+# group, as the loop starts `dg dev`, and stops it with SIGINT as the loop does; prints how the child ended and
+# how many of its group had to be killed after the grace.
 PARENT = f"""
-import signal, subprocess, sys, time
+import signal, subprocess, sys
 from loopwise.processes import pass_on_sigint, stop_group
 SLEEPER = {SLEEPER!r}
 if sys.argv[1] == "pass":
     pass_on_sigint()
 child = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, start_new_session=True)
 child.stdout.readline()  # running its own code: a signal before its exec would meet the parent's handlers
-started = time.monotonic()
 killed = stop_group(child, 5, signal.SIGINT)
-print(child.returncode, round(time.monotonic() - started, 1), len(killed))
+print(child.returncode, len(killed))
 """
 
 
-def _parent(mode: str) -> tuple[int, float, int]:
+def _parent(mode: str) -> tuple[int, int]:
     done = subprocess.run([sys.executable, "-c", PARENT, mode], capture_output=True, text=True, timeout=60,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert done.returncode == 0, done.stderr
-    code, seconds, killed = done.stdout.split()
-    return int(code), float(seconds), int(killed)
+    code, killed = done.stdout.split()
+    return int(code), int(killed)
 
 
 def test_a_child_takes_sigint_even_where_its_parent_was_started_ignoring_it() -> None:
-    code, seconds, killed = _parent("pass")
-    assert code != -signal.SIGKILL and killed == 0 and seconds < 5  # stopped by the SIGINT, not after the grace
+    code, killed = _parent("pass")
+    assert code != -signal.SIGKILL and killed == 0  # stopped by the SIGINT, not killed after the grace
     # Without it the child inherits the ignoring: only the SIGKILL after the grace stops it, and it is named.
-    code, seconds, killed = _parent("inherit")
-    assert code == -signal.SIGKILL and killed == 1 and seconds >= 5
+    code, killed = _parent("inherit")
+    assert code == -signal.SIGKILL and killed == 1
 
 
 def test_stop_group_names_nothing_for_a_group_that_stops() -> None:

@@ -6,6 +6,29 @@ import os
 import signal
 import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def running(argv: list[str], log: Path, env: dict[str, str] | None, cwd: Path, grace_seconds: float = 30,
+            signum: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
+    """A server run in its own session, its output in `log` (a pipe nobody reads fills up and blocks it), stopped
+    as a group on exit (`stop_group`): how long the stop took, and what had to be killed, end the log."""
+    pass_on_sigint()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stopping = time.monotonic()
+        killed = stop_group(proc, grace_seconds, signum)
+        with log.open("a") as out:
+            out.write(f"stopped in {time.monotonic() - stopping:.1f} s"
+                      + "".join(f"\n  killed after the grace: {line[:300]}" for line in killed) + "\n")
 
 
 def stop_group(proc: subprocess.Popen, grace_seconds: float = 30, signum: int = signal.SIGTERM) -> list[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from loopwise.features.retrieval import EntityFeatures, Status
 from loopwise.registry import CHALLENGER, CHAMPION
-from loopwise.training.data import InputLayout
+from loopwise.training.data import InputLayout, matrix_of
 from loopwise.usecase import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ class LoadedVersion:
         micro-batch pays whatever its rows. Any other pyfunc is called on the frame."""
         if self.direct is None:
             return self.score(self.frame(instances, features))
-        from loopwise.training.data import matrix_of
-        from loopwise.training.pipeline import score_matrix
+        from loopwise.training.pipeline import score_matrix  # torch and the training code: loaded with the model
 
         columns = self.columns(instances, features)
         text = self.layout.text
@@ -107,10 +106,11 @@ def load_version(tracking_uri: str, spec: ModelSpec, version: str, arm: str, joi
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
-    layout = getattr(model.unwrap_python_model(), "layout", None)
+    python_model = model.unwrap_python_model()
+    layout = getattr(python_model, "layout", None)
     if not isinstance(layout, InputLayout):
         raise ModelNotReady(f"{spec.name}/{version} was not logged by Loopwise's training (no input layout)")
-    loaded = LoadedVersion(spec, version, arm, model, layout, join_keys, direct=_scored_directly(model.unwrap_python_model()))
+    loaded = LoadedVersion(spec, version, arm, model, layout, join_keys, direct=_scored_directly(python_model))
     warm = pd.DataFrame([{c: None for c in layout.columns}]).astype(
         {c: "float64" for c in (*layout.features, *layout.numeric)})
     if layout.text:

@@ -92,9 +92,17 @@ def _start_local(url: str, conf: dict[str, str]) -> SparkSession:
     given = os.environ.get("SPARK_CONNECT_AUTHENTICATE_TOKEN")
     token = os.environ["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = given or secrets.token_urlsafe(24)
     connect_mode = os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)  # the server is a classic session
+    server_conf = {"spark.ui.enabled": "false", "spark.connect.grpc.binding.port": "0", **conf}
     try:
-        ConnectSession._start_connect_server(url, {
-            "spark.ui.enabled": "false", "spark.connect.grpc.binding.port": "0", **conf})
+        try:
+            ConnectSession._start_connect_server(url, server_conf)
+        except Exception as exc:
+            if "JAVA_GATEWAY_EXITED" not in str(exc):
+                raise
+            # pyspark forks its Java launcher with a preexec_fn; with a gRPC channel of this process busy (a Sail
+            # session), grpcio >= 1.80 can crash that child before its exec (grpc/grpc#43055, open). Seen once in CI.
+            log.warning("Apache Spark's launcher exited before it started (%s); starting it once more", exc)
+            ConnectSession._start_connect_server(url, server_conf)
     finally:
         if given is None:
             del os.environ["SPARK_CONNECT_AUTHENTICATE_TOKEN"]
