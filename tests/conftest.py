@@ -81,6 +81,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     if (loop := session.config.stash.get(RUN, None)) is not None:
         loop.stop()  # a run stopped before its test (-x, ^C) leaves no daemon behind
+        if exitstatus == 0:  # ~350 MB a run; kept for a look when anything failed
+            import shutil
+
+            shutil.rmtree(loop.root, ignore_errors=True)
+        else:
+            print(f"\nthe loop's data root is kept for a look: {loop.root}")
     written = sorted(_untracked_files() - session.config.stash.get(_UNTRACKED, set()))
     if written:
         print(f"\nFAILED: the tests wrote into the source tree (everything belongs under the data root): {written}")
