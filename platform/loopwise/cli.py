@@ -497,6 +497,12 @@ def serve(
     workers = workers or serving.workers
     for name, value in {"MLFLOW_LOGGING_LEVEL": "ERROR", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
         os.environ.setdefault(name, value)  # the service's own log stays readable
+    if serving.runtime != "torch":
+        # Set before torch loads, in this process and the workers it spawns. `torch.set_num_threads(1)` at startup
+        # does not reach MKL's pool in the scoring threads: measured in-process, a 4-row call of the tabular model
+        # cost 0.55 ms of CPU in 0.30 ms of wall time (MKL's second thread spinning), 0.26 ms in 0.26 ms with this.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="loopwise-metrics-")
     tls = {"ssl_certfile": serving.tls_cert, "ssl_keyfile": serving.tls_key} if serving.tls_cert else {}
