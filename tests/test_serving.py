@@ -177,15 +177,16 @@ def test_the_prediction_log_holds_exactly_the_answers_given_across_a_kill_and_a_
 
 
 def test_a_micro_batch_reads_features_once_and_scores_each_instance_as_alone(built: Built) -> None:
-    """Requests queued together (known and unknown customers) share one feature read and one scoring; each gets
-    its own entity's features and statuses, exactly as Feast's SDK reads them, and the score it gets alone."""
+    """Requests queued together (known and unknown customers) share one feature read, whatever version answers
+    them (a canary's two arms), and one scoring per version; each gets its own entity's features and statuses,
+    exactly as Feast's SDK reads them, and the score it gets alone."""
     import asyncio
     from datetime import timedelta
 
     from loopwise.backends import Backends
     from loopwise.features.retrieval import Status, online_features
     from loopwise.serving.feature_server import OnlineReader
-    from loopwise.serving.models import Batcher, join_keys_of, load_version, resolve_version
+    from loopwise.serving.models import Batcher, SharedRead, join_keys_of, load_version, resolve_version
 
     spec = USE_CASE.models[1]  # the tabular model
     backends = Backends(built.settings)
@@ -202,16 +203,22 @@ def test_a_micro_batch_reads_features_once_and_scores_each_instance_as_alone(bui
         reads.append(len(rows))
         return await reader.entity_features(spec.feature_service, rows, stale_after)
 
-    def score(instances: list[dict], features: list) -> object:
-        scorings.append(len(instances))
-        return loaded.score_instances(instances, features)
+    def scorer(version: str):  # type: ignore[no-untyped-def]
+        def score(instances: list[dict], features: list) -> object:
+            scorings.append((version, len(instances)))
+            return loaded.score_instances(instances, features)
+        return score
 
     async def queue_together() -> list:
-        batcher = Batcher(score, read, keys, max_rows=64, wait_ms=200)
-        return await asyncio.gather(*(batcher.submit([instance]) for instance in batch))
+        shared = SharedRead(read, keys, max_rows=64, wait_ms=200)
+        versions = {"1": Batcher(scorer("1"), max_rows=64, wait_ms=0), "2": Batcher(scorer("2"), max_rows=64, wait_ms=0)}
+
+        async def one(n: int, instance: dict) -> object:  # as the predict route does: read, then the arm's version
+            return await versions["1" if n % 2 == 0 else "2"].submit([instance], await shared.features([instance]))
+        return await asyncio.gather(*(one(n, instance) for n, instance in enumerate(batch)))
 
     answers = asyncio.run(queue_together())
-    assert reads == [len(batch)] and scorings == [len(batch)]
+    assert reads == [len(batch)] and sorted(scorings) == [("1", 2), ("2", 2)]
     for instance, answer in zip(batch, answers, strict=True):
         alone = online_features(store, spec.feature_service, [{k: instance[k] for k in keys}], stale_after)
         assert answer.error is None and answer.features[0].values == alone[0].values
@@ -272,15 +279,12 @@ def test_micro_batches_of_a_version_score_in_as_many_slots_as_it_has(tmp_path: P
         scoring[0] -= 1
         return np.array([i["n"] for i in instances], dtype=float)
 
-    async def read(rows: list[dict]) -> list:
-        return [EntityFeatures(dict(r), {}) for r in rows]
-
     async def staggered(slots: int) -> list:
-        batcher = Batcher(score, read, ["n"], max_rows=64, wait_ms=1, slots=slots)
+        batcher = Batcher(score, max_rows=64, wait_ms=1, slots=slots)
 
         async def one(n: int) -> float:
             await asyncio.sleep(n * 0.05)
-            return float((await batcher.submit([{"n": n}])).scores[0])
+            return float((await batcher.submit([{"n": n}], [EntityFeatures({"n": n}, {})])).scores[0])
         return await asyncio.gather(*(one(n) for n in range(4)))
 
     for slots in (1, 2):

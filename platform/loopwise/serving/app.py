@@ -35,6 +35,7 @@ from loopwise.serving.models import (
     Batcher,
     LoadedVersion,
     Scored,
+    SharedRead,
     feature_statuses,
     join_keys_of,
     load_version,
@@ -97,6 +98,7 @@ class Service:
         self.specs = {spec.name: spec for spec in backends.use_case.models}
         self.versions: dict[tuple[str, str], LoadedVersion] = {}
         self.batchers: dict[tuple[str, str], Batcher] = {}
+        self.reads: dict[str, SharedRead] = {}  # per model: one read for the requests of all its versions
         self.routers: dict[str, Router] = {}
         self.join_keys: dict[str, list[str]] = {}
         self.errors: dict[str, str] = {}
@@ -152,10 +154,13 @@ class Service:
             spec = self.specs[name]
             loaded = load_version(self.settings.tracking_uri, spec, version, arm, self.join_keys[name])
             serving = self.settings.serving
-            read = functools.partial(self.features.entity_features, spec.feature_service,
-                                     stale_after=timedelta(hours=self.settings.features.stale_after_hours))
-            self.batchers[key] = Batcher(loaded.score_instances, read, self.join_keys[name],
-                                         serving.max_batch if serving.micro_batching else 1, serving.batch_wait_ms,
+            max_rows = serving.max_batch if serving.micro_batching else 1
+            if name not in self.reads:
+                read = functools.partial(self.features.entity_features, spec.feature_service,
+                                         stale_after=timedelta(hours=self.settings.features.stale_after_hours))
+                self.reads[name] = SharedRead(read, self.join_keys[name], max_rows, serving.batch_wait_ms)
+            # A version's requests come read (`SharedRead`); its micro-batch is what queued while its slots were busy.
+            self.batchers[key] = Batcher(loaded.score_instances, max_rows, 0.0,
                                          scoring_slots(serving.micro_batching, serving.workers))
             self.versions[key] = loaded
         return self.versions[key]
@@ -411,7 +416,9 @@ def _groups(pairs: list[tuple[str, str]], positions: list[int] | None = None) ->
 
 async def _score(service: Service, model: str, version: str, instances: list[dict[str, Any]],
                  features: list[Any] | None = None) -> Scored:
-    """Queue instances for their version's next micro-batch; their features are read there unless given."""
+    """Queue instances for their version's next micro-batch, read with the model's other requests unless given."""
+    if features is None:
+        features = await service.reads[model].features(instances)
     return await service.batchers[(model, version)].submit(instances, features)
 
 

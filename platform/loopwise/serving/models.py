@@ -156,27 +156,24 @@ class Scored:
 
 
 class Batcher:
-    """Dynamic micro-batching for one version: requests queue while the model is busy; then the queued requests'
-    online features are read at once and one scoring (one call of the model) serves them all.
+    """Dynamic micro-batching for one version: requests queue while the model is busy; then one scoring (one call
+    of the model) serves every request that queued. Their features come read (`SharedRead`: one read per model).
 
-    The wait for a batch to fill is bounded by `wait_ms`, and a batch holds at most `max_rows` (a request is never
-    split). `read` takes the entities' join-key rows; a request that brings its features (a shadow arm scoring what
-    the served arm read) is not read again. Scoring runs in a thread so the event loop keeps accepting requests;
-    up to `slots` micro-batches score at once (see `scoring_slots`), the next forming while they are busy.
-    A failed read fails the requests that needed it; a failed scoring is each request's `Scored.error`.
+    The wait for a batch to fill is bounded by `wait_ms` (0: what queued meanwhile, no wait), and a batch holds at
+    most `max_rows` (a request is never split). Scoring runs in a thread so the event loop keeps accepting
+    requests; up to `slots` micro-batches score at once (see `scoring_slots`), the next forming while they are busy.
+    A failed scoring is each request's `Scored.error`.
     """
 
-    def __init__(self, score: Callable[[list[dict[str, Any]], list[EntityFeatures]], np.ndarray],
-                 read: Callable[[list[dict[str, Any]]], Awaitable[list[EntityFeatures]]], join_keys: list[str],
-                 max_rows: int, wait_ms: float, slots: int = 1) -> None:
-        self.score, self.read, self.join_keys = score, read, join_keys
-        self.max_rows, self.wait = max_rows, wait_ms / 1000
+    def __init__(self, score: Callable[[list[dict[str, Any]], list[EntityFeatures]], np.ndarray], max_rows: int,
+                 wait_ms: float, slots: int = 1) -> None:
+        self.score, self.max_rows, self.wait = score, max_rows, wait_ms / 1000
         self.queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(slots)
         self.scoring: set[asyncio.Task[None]] = set()  # micro-batches in flight (a reference keeps each alive)
 
-    async def submit(self, instances: list[dict[str, Any]], features: list[EntityFeatures] | None = None) -> Scored:
+    async def submit(self, instances: list[dict[str, Any]], features: list[EntityFeatures]) -> Scored:
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
             self.task = loop.create_task(self._run())
@@ -188,29 +185,13 @@ class Batcher:
         while True:
             await self.slots.acquire()  # a batch forms once a slot is free: it takes everything that queued meanwhile
             try:
-                batch = await self._collect()
+                batch: list[_Queued] = await _collect(self.queue, self.max_rows, self.wait)
             except BaseException:
                 self.slots.release()
                 raise
             task = asyncio.get_running_loop().create_task(self._serve_in_slot(batch))
             self.scoring.add(task)
             task.add_done_callback(self.scoring.discard)
-
-    async def _collect(self) -> list[_Queued]:
-        batch = [await self.queue.get()]
-        rows = len(batch[0].instances)
-        deadline = time.monotonic() + self.wait
-        while rows < self.max_rows:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0 and self.queue.empty():
-                break
-            try:
-                item = self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
-            except (TimeoutError, asyncio.QueueEmpty):
-                break
-            batch.append(item)
-            rows += len(item.instances)
-        return batch
 
     async def _serve_in_slot(self, batch: list[_Queued]) -> None:
         try:
@@ -223,24 +204,8 @@ class Batcher:
             self.slots.release()
 
     async def _serve(self, batch: list[_Queued]) -> None:
-        unread = [item for item in batch if item.features is None]
-        if unread:
-            try:
-                read = await self.read([{k: inst[k] for k in self.join_keys} for item in unread for inst in item.instances])
-            except Exception as exc:  # noqa: BLE001 - the requests that needed the read get its error
-                for item in unread:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                batch = [item for item in batch if item.features is not None]
-            else:
-                start = 0
-                for item in unread:
-                    item.features = read[start:start + len(item.instances)]
-                    start += len(item.instances)
-        if not batch:
-            return
         instances = [inst for item in batch for inst in item.instances]
-        features = [f for item in batch for f in item.features or ()]
+        features = [f for item in batch for f in item.features]
         try:
             scores = await asyncio.to_thread(self.score, instances, features)
             if len(scores) != len(instances):
@@ -248,13 +213,76 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - each request learns its scoring failed, with its features
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result(Scored(item.features or [], None, exc))
+                    item.future.set_result(Scored(item.features, None, exc))
             return
         start = 0
         for item in batch:
             if not item.future.done():
-                item.future.set_result(Scored(item.features or [], scores[start:start + len(item.instances)]))
+                item.future.set_result(Scored(item.features, scores[start:start + len(item.instances)]))
             start += len(item.instances)
+
+
+async def _collect(queue: asyncio.Queue[Any], max_rows: int, wait: float) -> list[Any]:
+    """The next micro-batch: the first item to come, then whatever comes within `wait` seconds of it (all that
+    has queued, with no wait, when `wait` is 0), up to `max_rows` instances (an item is never split)."""
+    batch = [await queue.get()]
+    rows = len(batch[0].instances)
+    deadline = time.monotonic() + wait
+    while rows < max_rows:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0 and queue.empty():
+            break
+        try:
+            item = queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(queue.get(), timeout)
+        except (TimeoutError, asyncio.QueueEmpty):
+            break
+        batch.append(item)
+        rows += len(item.instances)
+    return batch
+
+
+class SharedRead:
+    """One online read for the requests of every version of a model that come within `wait_ms` of each other.
+
+    In a split (a canary, an A/B test) each version scores its own micro-batches; reading per model instead of per
+    version keeps one read per wave of requests, as a model served alone has. The reads are made one at a time.
+    """
+
+    def __init__(self, read: Callable[[list[dict[str, Any]]], Awaitable[list[EntityFeatures]]], join_keys: list[str],
+                 max_rows: int, wait_ms: float) -> None:
+        self.read, self.join_keys, self.max_rows, self.wait = read, join_keys, max_rows, wait_ms / 1000
+        self.queue: asyncio.Queue[_Reading] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def features(self, instances: list[dict[str, Any]]) -> list[EntityFeatures]:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._run())
+        reading = _Reading(instances, loop.create_future())
+        await self.queue.put(reading)
+        return await reading.future
+
+    async def _run(self) -> None:
+        while True:
+            batch: list[_Reading] = await _collect(self.queue, self.max_rows, self.wait)
+            try:
+                found = await self.read([{k: i[k] for k in self.join_keys} for item in batch for i in item.instances])
+            except Exception as exc:  # noqa: BLE001 - every request that needed the read gets its error
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(found[start:start + len(item.instances)])
+                start += len(item.instances)
+
+
+@dataclass
+class _Reading:
+    instances: list[dict[str, Any]]
+    future: asyncio.Future[list[EntityFeatures]]
 
 
 def scoring_slots(micro_batching: bool, workers: int) -> int:
@@ -277,7 +305,7 @@ def scoring_slots(micro_batching: bool, workers: int) -> int:
 @dataclass
 class _Queued:
     instances: list[dict[str, Any]]
-    features: list[EntityFeatures] | None
+    features: list[EntityFeatures]
     future: asyncio.Future[Scored]
 
 
