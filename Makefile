@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/landing.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/predlog.py
+	$(BIN)/python benchmarks/predlog_service.py
 	$(BIN)/python benchmarks/predictions.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/rollout.py
