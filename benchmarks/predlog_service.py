@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per round and server (default 8)")
     parser.add_argument("--connections", type=int, default=8, help="wrk's concurrency (default 8)")
     parser.add_argument("--models", default="order-refund-risk,ticket-escalation", help="comma-separated")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for both servers, e.g. LOOPWISE__SERVING__GROUP_COMMIT_MS=0 (repeatable)")
     parser.add_argument("--no-record", action="store_true", help="print the figures, do not append to RESULTS.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -80,6 +82,7 @@ def main() -> None:
     from rollout import copy_platform, environment
     from serving import append_results, build_platform
 
+    settings = dict(item.split("=", 1) for item in args.set)
     work = Path(tempfile.mkdtemp(prefix="loopwise-predlog-service-"))
     servers: dict[str, tuple[subprocess.Popen, str]] = {}
     results: dict[str, dict[str, list]] = {}
@@ -90,7 +93,7 @@ def main() -> None:
             port = free_port()
             with (work / f"{mode}.log").open("w") as out:
                 proc = subprocess.Popen([sys.executable, "-c", SERVER, mode, str(port)], cwd=ROOT,
-                                        env=environment(target), stdout=out, stderr=subprocess.STDOUT,
+                                        env={**environment(target), **settings}, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
             servers[mode] = proc, f"http://127.0.0.1:{port}"
             ready(proc, servers[mode][1], work / f"{mode}.log", f"loopwise serve ({mode})")
@@ -140,7 +143,8 @@ def entry(results: dict[str, dict[str, list]], args: argparse.Namespace, logged:
              "(log) and the same service with `PredictionLog.append_async` replaced by encoding the records and one "
              f"await (control: nothing written). wrk -t1 -c{args.connections} on loopback, one real instance per "
              f"request, {args.rounds} rounds of {args.duration} s per server and model after a 3 s warm-up, "
-             f"alternating; medians. The log server logged {logged:,} records (segments and Delta).\n",
+             f"alternating; medians. The log server logged {logged:,} records (segments and Delta)."
+             + (f" Settings: {', '.join(args.set)}." if args.set else "") + "\n",
              "| model | requests/s control / log | p50 control / log | p99 control / log | server CPU per request "
              "control / log | capacity lost to the log | rounds req/s control; log |",
              "|---|---|---|---|---|---|---|"]
@@ -153,15 +157,16 @@ def entry(results: dict[str, dict[str, list]], args: argparse.Namespace, logged:
         paired = statistics.median(1 - c.cpu_ms_per_request / g.cpu_ms_per_request
                                    for c, g in zip(modes["control"], modes["log"], strict=True))
         paired_rps = statistics.median(g.rps / c.rps for c, g in zip(modes["control"], modes["log"], strict=True))
-        worst = max(worst, paired)
-        verdicts.append(f"{model}: {paired:.1%} round by round ({paired_rps:.2f}x the requests/s), {lost:.1%} "
-                        f"from the medians ({log.rps / control.rps:.2f}x)")
+        worst = max(worst, 1 - paired_rps)
+        verdicts.append(f"{model}: {paired_rps:.2f}x the requests/s round by round ({log.rps / control.rps:.2f}x "
+                        f"from the medians); capacity lost by CPU per request {paired:.1%} round by round ({lost:.1%} from the "
+                        "medians)")
         lines.append(
             f"| {model} | {control.rps:,.0f} / {log.rps:,.0f} | {control.p50_ms:.1f} / {log.p50_ms:.1f} ms | "
             f"{control.p99_ms:.1f} / {log.p99_ms:.1f} ms | {control.cpu_ms_per_request:.2f} / "
             f"{log.cpu_ms_per_request:.2f} ms | {lost:.1%} | "
             f"{', '.join(f'{r.rps:.0f}' for r in modes['control'])}; {', '.join(f'{r.rps:.0f}' for r in modes['log'])} |")
-    lines.append(f"\nCapacity lost to the log: {'; '.join(verdicts)}. Goal (at most {GOAL:.0%}) "
+    lines.append(f"\nThe log against the control: {'; '.join(verdicts)}. Goal (at most {GOAL:.0%} fewer requests/s) "
                  f"{'met' if worst <= GOAL else 'NOT met'}.")
     return lines
 

@@ -4,7 +4,8 @@
 request schema: its entity keys and request-time inputs) and returns `{"predictions": [...]}`, each
 with the score, the version and arm that answered, the features' statuses and a request id. Every
 answer is in the prediction log before the response leaves. Features are read from the online store
-in-process; scoring is micro-batched per model.
+in-process, once for the requests of a model that come together (whatever version answers them); each
+version scores its requests in micro-batches.
 """
 
 from __future__ import annotations
@@ -357,7 +358,7 @@ def _add_predict_route(app: FastAPI, service: Service, spec: ModelSpec) -> None:
         join_keys = service.join_keys[spec.name]
         routes = [router.route(str(inst[join_keys[0]]) if router.sticky else None) for inst in instances]
         served = _groups([(r.arm, r.version) for r in routes])
-        # Each version's micro-batch reads its requests' online features at once and scores them in one call.
+        # The model's requests that come together are read at once; each version scores its own in one call.
         outcomes = await asyncio.gather(*(_score(service, spec.name, version, [instances[i] for i in idx])
                                           for (_, version), idx in served.items()), return_exceptions=True)
         for outcome in outcomes:

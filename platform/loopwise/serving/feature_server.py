@@ -22,8 +22,9 @@ Statuses: `PRESENT` and `NOT_FOUND` as Feast; `NULL_VALUE` for a stored null (Fe
 `OUTSIDE_MAX_AGE` for a value whose event time is older than `stale_after` (the value is still returned, as Feast
 does for precomputed vectors past their TTL). Values and event times are Feast's.
 
-The predict routes read through the same path in-process (`OnlineReader.entity_features`: a micro-batch's
-entities at once, values and statuses as `loopwise.features.retrieval` gives them through Feast's SDK).
+The predict routes read through the same path in-process (`OnlineReader.entity_features`: the entities of a
+model's requests that come together at once, values and statuses as `loopwise.features.retrieval` gives them
+through Feast's SDK).
 
 Each process keeps its own caches (the store, the resolved requests, a read-only SQLite connection), built on
 first use and rebuilt after a fork: nothing needs to be shared between uvicorn workers.
