@@ -128,7 +128,9 @@ class ServingSettings(_Section):
                                      "fp32, the same scores) or onnx-int8 (dynamic int8 quantization; its agreement "
                                      "with fp32 is in benchmarks/RESULTS.md); exported once per set of weights "
                                      "under <data_dir>/runtime")
-    group_commit_ms: float = Field(2.0, ge=0, description="the prediction log's group-commit window")
+    group_commit_ms: float = Field(0.0, ge=0, description="how long the prediction log waits for more answers "
+                                                          "before a write (0: writes at once; what comes during a "
+                                                          "write is the next group)")
     flush_interval_seconds: float = Field(5.0, gt=0, description="how often logged predictions move into the Delta "
                                                                  "table that drift and rollout analysis read")
     log_dir: str | None = Field(None, description="the prediction log's write-ahead segments; default <data_dir>/predlog")
