@@ -229,7 +229,7 @@ def test_statuses_present_not_found_null_and_outside_max_age(served: Server, cus
 
 @pytest.mark.parametrize("service", ["refund_v1", "escalation_v1"])
 def test_the_in_process_read_gives_what_feasts_sdk_gives(store: Any, customers: list[str], service: str) -> None:
-    """The predict routes read a micro-batch's features through the same fast read: values and statuses (present,
+    """The predict routes read a wave of requests' features through the same fast read: values and statuses (present,
     missing, stale) exactly as `online_features` reads them through Feast's SDK, an unknown entity included."""
     import asyncio
 

@@ -176,7 +176,7 @@ def test_the_prediction_log_holds_exactly_the_answers_given_across_a_kill_and_a_
     assert len(unanswered) <= 8, unanswered
 
 
-def test_a_micro_batch_reads_features_once_and_scores_each_instance_as_alone(built: Built) -> None:
+def test_requests_of_every_version_share_one_read_and_each_scores_as_alone(built: Built) -> None:
     """Requests queued together (known and unknown customers) share one feature read, whatever version answers
     them (a canary's two arms), and one scoring per version; each gets its own entity's features and statuses,
     exactly as Feast's SDK reads them, and the score it gets alone."""
@@ -257,6 +257,40 @@ def test_a_trained_version_scores_directly_exactly_as_its_pyfunc_does(built: Bui
         assert direct.dtype == through_pyfunc.dtype and np.array_equal(direct, through_pyfunc), (spec.name, direct,
                                                                                                   through_pyfunc)
         assert len(set(direct.round(6))) > 1, f"{spec.name}: the cases score differently"
+
+
+def test_a_failed_shared_read_fails_only_the_request_that_caused_it() -> None:
+    """A wave's read that fails is made again request by request: a bad key fails only its own request, with the
+    read's own error (a `Refused` keeps its status and message); the others get their features, and the next wave
+    is served. A read that returns too few rows is the read's error, not the model's."""
+    import asyncio
+
+    from loopwise.features.retrieval import EntityFeatures
+    from loopwise.serving.feature_server import Refused
+    from loopwise.serving.models import SharedRead
+
+    reads: list[list[str]] = []
+
+    async def read(rows: list[dict]) -> list:
+        reads.append([r["k"] for r in rows])
+        if any(r["k"] == "bad" for r in rows):
+            raise Refused(422, "entities.k: 'bad' is not a key")
+        return [EntityFeatures(dict(r), {}) for r in rows if r["k"] != "short"]
+
+    async def waves() -> tuple[list, object, object]:
+        shared = SharedRead(read, ["k"], max_rows=64, wait_ms=100)
+        first = await asyncio.gather(*(shared.features([{"k": k}]) for k in ("a", "bad", "b")),
+                                     return_exceptions=True)
+        second = await shared.features([{"k": "c"}])
+        third = await asyncio.gather(shared.features([{"k": "short"}]), return_exceptions=True)
+        return first, second, third[0]
+
+    first, second, short = asyncio.run(waves())
+    assert reads == [["a", "bad", "b"], ["a"], ["bad"], ["b"], ["c"], ["short"]]
+    assert [f[0].key for f in (first[0], first[2])] == [{"k": "a"}, {"k": "b"}]
+    assert isinstance(first[1], Refused) and first[1].status == 422 and "'bad'" in first[1].message
+    assert second[0].key == {"k": "c"}  # type: ignore[index]
+    assert isinstance(short, RuntimeError) and "returned 0 rows for 1" in str(short)
 
 
 def test_micro_batches_of_a_version_score_in_as_many_slots_as_it_has(tmp_path: Path) -> None:

@@ -122,7 +122,8 @@ class ServingSettings(_Section):
     max_batch: int = Field(256, gt=0, description="most instances (or entities) one request may carry")
     micro_batching: bool = Field(True, description="score queued requests together (off: one request per scoring)")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a model's requests wait for others to share "
-                                                        "their online read (and then their version's scoring)")
+                                                        "their online read; each version then scores what queued "
+                                                        "for it, with no further wait")
     runtime: str = Field("onnx-int8", pattern="^(torch|onnx|onnx-int8)$",
                          description="what a text encoder scores with: torch (fp32, as trained), onnx (ONNX Runtime "
                                      "fp32, the same scores) or onnx-int8 (dynamic int8 quantization; its agreement "

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -104,7 +105,7 @@ class Service:
         self.join_keys: dict[str, list[str]] = {}
         self.errors: dict[str, str] = {}
         self.store: Any = None
-        # One read of the online store for `/get-online-features` and the predict routes (a micro-batch at once).
+        # One read of the online store for `/get-online-features` and the predict routes (`SharedRead` per model).
         self.features = OnlineReader(lambda: self.store or backends.feature_store())
         self.events = backends.events()
         self.predlog: Any = None
@@ -182,6 +183,9 @@ class Service:
             # torch's default 2 threads (they spin-wait for a busy core), 1 ms on one; the scores are identical.
             # `torch` stays PyTorch as trained, threads and all: the benchmarks' baseline.
             torch.set_num_threads(runtime.threads)
+            if os.environ.get("MKL_NUM_THREADS") != "1" or os.environ.get("OMP_NUM_THREADS") != "1":
+                log.warning("OMP_NUM_THREADS/MKL_NUM_THREADS are not 1 (`loopwise serve` sets them, before torch "
+                            "loads, unless they are set): MKL's second thread may spin a core in every scoring")
         for name in self.specs:
             self.sync(name)
         self.predlog = open_prediction_log(self.backends)
@@ -418,9 +422,10 @@ def _groups(pairs: list[tuple[str, str]], positions: list[int] | None = None) ->
 async def _score(service: Service, model: str, version: str, instances: list[dict[str, Any]],
                  features: list[Any] | None = None) -> Scored:
     """Queue instances for their version's next micro-batch, read with the model's other requests unless given."""
+    batcher = service.batchers[(model, version)]  # before the read: a changed split may unload the version meanwhile
     if features is None:
         features = await service.reads[model].features(instances)
-    return await service.batchers[(model, version)].submit(instances, features)
+    return await batcher.submit(instances, features)
 
 
 async def _log_shadows(service: Service, spec: ModelSpec, shadows: dict[tuple[str, str], list[int]],

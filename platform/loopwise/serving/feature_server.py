@@ -721,7 +721,7 @@ async def _through_feast(state: _State, plan: _Plan, entities: dict[str, list[An
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# In-process reads: the same path for a model's features (the predict route reads a micro-batch at once)
+# In-process reads: the same path for a model's features (the predict route reads a wave of requests at once)
 
 
 # Feast's statuses as `loopwise.features.retrieval` reports them from Feast's SDK: a stored null is present (Feast's

@@ -159,8 +159,8 @@ class Batcher:
     """Dynamic micro-batching for one version: requests queue while the model is busy; then one scoring (one call
     of the model) serves every request that queued. Their features come read (`SharedRead`: one read per model).
 
-    The wait for a batch to fill is bounded by `wait_ms` (0: what queued meanwhile, no wait), and a batch holds at
-    most `max_rows` (a request is never split). Scoring runs in a thread so the event loop keeps accepting
+    The wait for a batch to fill is bounded by `wait_ms` (0 in the service: what queued meanwhile), and a batch
+    holds at most `max_rows` (a request is never split). Scoring runs in a thread so the event loop keeps accepting
     requests; up to `slots` micro-batches score at once (see `scoring_slots`), the next forming while they are busy.
     A failed scoring is each request's `Scored.error`.
     """
@@ -223,11 +223,11 @@ class Batcher:
 
 
 async def _collect(queue: asyncio.Queue[Any], max_rows: int, wait: float) -> list[Any]:
-    """The next micro-batch: the first item to come, then whatever comes within `wait` seconds of it (all that
-    has queued, with no wait, when `wait` is 0), up to `max_rows` instances (an item is never split)."""
+    """The next micro-batch: the first item to come, then whatever comes within `wait` seconds of its arrival (all
+    that has queued, with no wait, when `wait` is 0), up to `max_rows` instances (an item is never split)."""
     batch = [await queue.get()]
     rows = len(batch[0].instances)
-    deadline = time.monotonic() + wait
+    deadline = batch[0].arrived + wait  # from its arrival: what queued during the last batch's work waits no more
     while rows < max_rows:
         timeout = deadline - time.monotonic()
         if timeout <= 0 and queue.empty():
@@ -245,7 +245,9 @@ class SharedRead:
     """One online read for the requests of every version of a model that come within `wait_ms` of each other.
 
     In a split (a canary, an A/B test) each version scores its own micro-batches; reading per model instead of per
-    version keeps one read per wave of requests, as a model served alone has. The reads are made one at a time.
+    version keeps one read per wave of requests, as a model served alone has. The reads are made one at a time
+    (the requests that come meanwhile are the next wave). When a wave's read fails, each of its requests is read
+    alone, so that one request's bad key fails only that request, with its own error.
     """
 
     def __init__(self, read: Callable[[list[dict[str, Any]]], Awaitable[list[EntityFeatures]]], join_keys: list[str],
@@ -264,25 +266,46 @@ class SharedRead:
 
     async def _run(self) -> None:
         while True:
-            batch: list[_Reading] = await _collect(self.queue, self.max_rows, self.wait)
+            batch: list[_Reading] = []
             try:
-                found = await self.read([{k: i[k] for k in self.join_keys} for item in batch for i in item.instances])
-            except Exception as exc:  # noqa: BLE001 - every request that needed the read gets its error
+                batch = await _collect(self.queue, self.max_rows, self.wait)
+                if not await self._answer(batch, give_up=len(batch) == 1):
+                    for item in batch:  # which request was it? each is read alone and gets its own answer
+                        await self._answer([item], give_up=True)
+            except BaseException as exc:  # the task ends (shutdown): no request taken off the queue is left waiting
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            start = 0
+                        item.future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                raise
+
+    async def _answer(self, batch: list[_Reading], give_up: bool) -> bool:
+        """Read the batch's entities at once and answer each request with its own slice. If the read fails: with
+        `give_up` every request gets its error, else no request is answered; False then."""
+        rows = [{k: i[k] for k in self.join_keys} for item in batch for i in item.instances]
+        try:
+            found = await self.read(rows)
+            if len(found) != len(rows):
+                raise RuntimeError(f"the online read returned {len(found)} rows for {len(rows)} entities")
+        except Exception as exc:  # noqa: BLE001 - the requests hear of it (below, or when read alone)
+            if not give_up:
+                return False
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result(found[start:start + len(item.instances)])
-                start += len(item.instances)
+                    item.future.set_exception(exc)
+            return True
+        start = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(found[start:start + len(item.instances)])
+            start += len(item.instances)
+        return True
 
 
 @dataclass
 class _Reading:
     instances: list[dict[str, Any]]
     future: asyncio.Future[list[EntityFeatures]]
+    arrived: float = field(default_factory=time.monotonic)
 
 
 def scoring_slots(micro_batching: bool, workers: int) -> int:
@@ -307,6 +330,7 @@ class _Queued:
     instances: list[dict[str, Any]]
     features: list[EntityFeatures]
     future: asyncio.Future[Scored]
+    arrived: float = field(default_factory=time.monotonic)
 
 
 def feature_statuses(features: EntityFeatures) -> dict[str, str]:
