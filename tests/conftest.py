@@ -4,6 +4,7 @@ platform built once per session (`built`) for every test that only reads what th
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,13 +78,15 @@ def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when anything wrote into the source tree: the platform writes under its data root only."""
-    from tests.test_loop import RUN
+    from tests.test_loop import RUN, SHARED_ROOT
 
-    if (loop := session.config.stash.get(RUN, None)) is not None:
+    loop = session.config.stash.get(RUN, None)
+    unused = Path(os.environ.get(SHARED_ROOT, "")) if loop is None and _xdist_controller(session.config) else None
+    if unused is not None and unused.name.startswith("loopwise-loop-"):  # made in sessionstart, for no loop
+        shutil.rmtree(unused, ignore_errors=True)
+    if loop is not None:
         loop.stop()  # a run stopped before its test (-x, ^C) leaves no daemon behind
         if exitstatus == 0:  # ~350 MB a run; kept for a look when anything failed
-            import shutil
-
             shutil.rmtree(loop.root, ignore_errors=True)
         else:
             print(f"\nthe loop's data root is kept for a look: {loop.root}")
