@@ -54,17 +54,6 @@ app(["serve", "--port", sys.argv[2], "--workers", "1"])
 """
 
 
-def instance(model: str) -> dict:
-    """The first row of the model's training set, as its request schema declares it."""
-    from loopwise.backends import Backends
-    from loopwise.config import load_settings
-
-    backends = Backends(load_settings())
-    spec = backends.use_case.model(model)
-    row = backends.lake().table(spec.training_table).read().slice(0, 1).to_pylist()[0]
-    return {f: row[f] for f in spec.request.model_fields}  # type: ignore[union-attr]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, help="an existing data root where `loopwise demo` ran on the test "
@@ -80,6 +69,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     from common import WRK_SCRIPT, free_port, ready, stop, wrk
+    from predictions import instance
     from rollout import copy_platform, environment
     from serving import append_results, build_platform
 
@@ -98,11 +88,11 @@ def main() -> None:
                                         start_new_session=True)
             servers[mode] = proc, f"http://127.0.0.1:{port}"
             ready(proc, servers[mode][1], work / f"{mode}.log", f"loopwise serve ({mode})")
-        os.environ.update(environment(work / "log" / "data"))
+        os.environ.update(environment(work / "log" / "data"))  # the profile `instance` reads the training set with
         (work / "post.lua").write_text(WRK_SCRIPT)
         for model in args.models.split(","):
             body = work / f"{model}.json"
-            body.write_text(json.dumps({"instances": [instance(model)]}))
+            body.write_text(json.dumps({"instances": [instance(work / "log" / "data", model)]}))
             results[model] = {mode: [] for mode in MODES}
             for r in range(args.rounds):
                 for mode in (MODES if r % 2 == 0 else MODES[::-1]):

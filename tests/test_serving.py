@@ -211,7 +211,7 @@ def test_requests_of_every_version_share_one_read_and_each_scores_as_alone(built
 
     async def queue_together() -> list:
         shared = SharedRead(read, keys, max_rows=64, wait_ms=200)
-        versions = {"1": Batcher(scorer("1"), max_rows=64, wait_ms=0), "2": Batcher(scorer("2"), max_rows=64, wait_ms=0)}
+        versions = {"1": Batcher(scorer("1"), max_rows=64), "2": Batcher(scorer("2"), max_rows=64)}
 
         async def one(n: int, instance: dict) -> object:  # as the predict route does: read, then the arm's version
             return await versions["1" if n % 2 == 0 else "2"].submit([instance], await shared.features([instance]))
@@ -314,7 +314,7 @@ def test_micro_batches_of_a_version_score_in_as_many_slots_as_it_has(tmp_path: P
         return np.array([i["n"] for i in instances], dtype=float)
 
     async def staggered(slots: int) -> list:
-        batcher = Batcher(score, max_rows=64, wait_ms=1, slots=slots)
+        batcher = Batcher(score, max_rows=64, slots=slots)
 
         async def one(n: int) -> float:
             await asyncio.sleep(n * 0.05)

@@ -162,7 +162,7 @@ class Service:
                                          stale_after=timedelta(hours=self.settings.features.stale_after_hours))
                 self.reads[name] = SharedRead(read, self.join_keys[name], max_rows, serving.batch_wait_ms)
             # A version's requests come read (`SharedRead`); its micro-batch is what queued while its slots were busy.
-            self.batchers[key] = Batcher(loaded.score_instances, max_rows, 0.0,
+            self.batchers[key] = Batcher(loaded.score_instances, max_rows,
                                          scoring_slots(serving.micro_batching, serving.workers))
             self.versions[key] = loaded
         return self.versions[key]

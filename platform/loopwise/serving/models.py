@@ -159,15 +159,15 @@ class Batcher:
     """Dynamic micro-batching for one version: requests queue while the model is busy; then one scoring (one call
     of the model) serves every request that queued. Their features come read (`SharedRead`: one read per model).
 
-    The wait for a batch to fill is bounded by `wait_ms` (0 in the service: what queued meanwhile), and a batch
-    holds at most `max_rows` (a request is never split). Scoring runs in a thread so the event loop keeps accepting
+    A batch is what queued while the slots were busy, with no further wait (the wait for others is `SharedRead`'s),
+    at most `max_rows` instances (a request is never split). Scoring runs in a thread so the event loop keeps accepting
     requests; up to `slots` micro-batches score at once (see `scoring_slots`), the next forming while they are busy.
     A failed scoring is each request's `Scored.error`.
     """
 
     def __init__(self, score: Callable[[list[dict[str, Any]], list[EntityFeatures]], np.ndarray], max_rows: int,
-                 wait_ms: float, slots: int = 1) -> None:
-        self.score, self.max_rows, self.wait = score, max_rows, wait_ms / 1000
+                 slots: int = 1) -> None:
+        self.score, self.max_rows = score, max_rows
         self.queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(slots)
@@ -185,7 +185,7 @@ class Batcher:
         while True:
             await self.slots.acquire()  # a batch forms once a slot is free: it takes everything that queued meanwhile
             try:
-                batch: list[_Queued] = await _collect(self.queue, self.max_rows, self.wait)
+                batch: list[_Queued] = await _collect(self.queue, self.max_rows, 0.0)
             except BaseException:
                 self.slots.release()
                 raise
